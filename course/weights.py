@@ -16,6 +16,7 @@ import json
 import os
 import socket
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 SETTING = "FTLAB_WEIGHTS"
@@ -60,6 +61,7 @@ def imagenet_cache_file(framework: str) -> Path:
     return home / "hub" / "checkpoints" / IMAGENET_FILES["torch"]
 
 
+@lru_cache(maxsize=None)
 def can_download(framework: str, timeout: float = 3.0) -> bool:
     try:
         socket.create_connection((IMAGENET_HOSTS[framework], 443), timeout=timeout).close()

@@ -1,0 +1,1 @@
+"""Fine-Tuning Lab grading pipeline (see ``python -m autograder --help``)."""

@@ -1,0 +1,57 @@
+"""Keep notebooks clean in git: no outputs, no execution counts, one kernel.
+
+    python -m autograder.notebooks clean   # rewrite every notebook under source/ and release/
+    python -m autograder.notebooks check   # list offenders, exit 1 if any
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+
+def tracked_notebooks(root: Path = ROOT) -> list[Path]:
+    out = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=root, capture_output=True, text=True).stdout
+    on_disk = {p for d in ("source", "release") for p in (root / d).rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts}
+    return sorted(on_disk | {root / line for line in out.split()})
+
+
+def problems(nb: dict) -> list[str]:
+    found = []
+    for i, cell in enumerate(nb.get("cells", [])):
+        if cell.get("cell_type") == "code" and (cell.get("outputs") or cell.get("execution_count") is not None):
+            found.append(f"cell {i} has stored outputs or an execution count")
+    if nb.get("metadata", {}).get("kernelspec", {}).get("name") != KERNELSPEC["name"]:
+        found.append(f"kernel is not {KERNELSPEC['name']!r}")
+    return found
+
+
+def clean(nb: dict) -> dict:
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    nb.setdefault("metadata", {})["kernelspec"] = dict(KERNELSPEC)
+    return nb
+
+
+def main(argv=None) -> int:
+    command = (argv or sys.argv[1:] or ["check"])[0]
+    bad = 0
+    for path in tracked_notebooks():
+        if not path.exists():
+            continue
+        nb = json.loads(path.read_text())
+        if command == "clean":
+            path.write_text(json.dumps(clean(nb), indent=1, ensure_ascii=False) + "\n")
+        elif problems(nb):
+            bad += 1
+            print(f"{path.relative_to(ROOT)}: {'; '.join(problems(nb))}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
