@@ -21,6 +21,7 @@ import numpy as np
 from course import data, weights
 
 EVAL_PER_CLASS = 50  # held-out source images per class for the recorded accuracy
+KERAS_HEAD_FILE = weights.BACKBONE_DIR / "mobilenet_v2_shapes_keras_head.npz"  # the source head, for that check
 
 
 def _record(framework, **values):
@@ -36,7 +37,6 @@ def pretrain_torch(per_class, epochs, seed):
 
     torch.manual_seed(seed)
     train = torch_tools.ShapesDataset("source", "train", per_class, seed)
-    val = torch_tools.ShapesDataset("source", "val", EVAL_PER_CLASS, seed)
     model = torchvision.models.mobilenet_v2(weights=None, num_classes=len(data.SOURCE_CLASSES))
     loader = torch.utils.data.DataLoader(train, batch_size=64, shuffle=True,
                                          generator=torch.Generator().manual_seed(seed))
@@ -54,19 +54,34 @@ def pretrain_torch(per_class, epochs, seed):
         print(f"torch epoch {epoch + 1}/{epochs} loss {loss.item():.3f} {time.time() - start:.0f}s", flush=True)
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     torch.save(state, weights.COURSE_FILES["torch"])
-    model = _load_course_torch()
-    with torch.no_grad():
-        accuracy = (model.eval()(val.X).argmax(1) == val.y).float().mean().item()
+    accuracy = evaluate_torch(seed)
     _record("torch", source_val_accuracy=round(accuracy, 4), train_per_class=per_class, epochs=epochs,
             seed=seed, train_seconds=round(time.time() - start), eval_per_class=EVAL_PER_CLASS)
-    print(f"torch backbone: {accuracy:.1%} on {len(val)} held-out source images")
+    print(f"torch backbone: {accuracy:.1%} on {EVAL_PER_CLASS * len(data.SOURCE_CLASSES)} held-out source images")
 
 
-def _load_course_torch():
+def evaluate_torch(seed=0):
+    """Accuracy of the committed torch backbone (with its source head) on held-out source images."""
     import os
+    import torch
     from course import torch_tools
     os.environ[weights.SETTING] = "course"
-    return torch_tools.mobilenet_v2_pretrained(verbose=False)
+    model = torch_tools.mobilenet_v2_pretrained(verbose=False).eval()
+    val = torch_tools.ShapesDataset("source", "val", EVAL_PER_CLASS, seed)
+    with torch.no_grad():
+        return (model(val.X).argmax(1) == val.y).float().mean().item()
+
+
+def evaluate_keras(seed=0):
+    """Accuracy of the committed Keras backbone (with its source head) on held-out source images."""
+    from tensorflow import keras
+    from course import keras_tools
+    X_val, y_val = keras_tools.load_arrays("source", "val", EVAL_PER_CLASS, seed)
+    base = keras.applications.MobileNetV2(weights=str(weights.COURSE_FILES["keras"]), include_top=False,
+                                          pooling="avg", input_shape=keras_tools.IMAGE_SHAPE)
+    head = np.load(KERAS_HEAD_FILE)
+    logits = base.predict(X_val, verbose=0) @ head["arr_0"] + head["arr_1"]
+    return float((logits.argmax(1) == y_val.argmax(1)).mean())
 
 
 def _to_float16(path):
@@ -95,7 +110,6 @@ def pretrain_keras(per_class, epochs, seed):
 
     keras.utils.set_random_seed(seed)
     X, y = keras_tools.load_arrays("source", "train", per_class, seed)
-    X_val, y_val = keras_tools.load_arrays("source", "val", EVAL_PER_CLASS, seed)
     base = keras.applications.MobileNetV2(weights=None, include_top=False, pooling="avg",
                                           input_shape=keras_tools.IMAGE_SHAPE)
     head = keras.layers.Dense(len(data.SOURCE_CLASSES), activation="softmax", name="source_head")
@@ -109,15 +123,11 @@ def pretrain_keras(per_class, epochs, seed):
     path = weights.COURSE_FILES["keras"]
     base.save_weights(path)
     _to_float16(path)
-    np.savez(path.with_name("mobilenet_v2_shapes_keras_head.npz"), *head.get_weights())
-    reloaded = keras.applications.MobileNetV2(weights=str(path), include_top=False, pooling="avg",
-                                              input_shape=keras_tools.IMAGE_SHAPE)
-    kernel, bias = head.get_weights()
-    logits = reloaded.predict(X_val, verbose=0) @ kernel + bias
-    accuracy = float((logits.argmax(1) == y_val.argmax(1)).mean())
+    np.savez(KERAS_HEAD_FILE, *head.get_weights())
+    accuracy = evaluate_keras(seed)
     _record("keras", source_val_accuracy=round(accuracy, 4), train_per_class=per_class, epochs=epochs,
             seed=seed, train_seconds=round(time.time() - start), eval_per_class=EVAL_PER_CLASS)
-    print(f"keras backbone: {accuracy:.1%} on {len(X_val)} held-out source images")
+    print(f"keras backbone: {accuracy:.1%} on {EVAL_PER_CLASS * len(data.SOURCE_CLASSES)} held-out source images")
 
 
 def main(argv=None):

@@ -99,7 +99,13 @@ def choose(framework: str) -> WeightsChoice:
     if value == "course":
         return _course(framework, f"chosen by {SETTING}=course")
     if value == "imagenet":
-        return WeightsChoice("imagenet", cached, "ImageNet weights" + (" from the local cache" if cached.exists() else ", downloading"))
+        if cached.exists():
+            return WeightsChoice("imagenet", cached, "ImageNet weights from the local cache")
+        if not can_download(framework):
+            raise RuntimeError(
+                f"{SETTING}=imagenet, but {cached} is not cached and {IMAGENET_HOSTS[framework]} cannot be reached; "
+                f"run `make fetch-imagenet` on a machine with internet, or set {SETTING}=course")
+        return WeightsChoice("imagenet", cached, "ImageNet weights, downloading")
     if cached.exists():
         return WeightsChoice("imagenet", cached, "ImageNet weights found in the local cache")
     if can_download(framework):

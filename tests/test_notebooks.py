@@ -1,0 +1,47 @@
+"""Notebooks are clean in git and release/ is exactly what nbgrader generates from source/."""
+import json
+
+import pytest
+
+from autograder import notebooks
+from conftest import REPO, make_course, nbgrader
+
+ASSIGNMENTS = sorted(p.name for p in (REPO / "source").iterdir() if p.is_dir())
+
+
+def test_every_notebook_is_clean():
+    offenders = {str(p.relative_to(REPO)): notebooks.problems(json.loads(p.read_text()))
+                 for p in notebooks.tracked_notebooks() if p.exists()}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_clean_strips_outputs_counts_and_fixes_the_kernel():
+    nb = {"cells": [{"cell_type": "code", "source": "1", "outputs": [{"output_type": "stream"}], "execution_count": 3,
+                     "metadata": {}}], "metadata": {"kernelspec": {"name": "python-other"}}}
+    assert len(notebooks.problems(nb)) == 2
+    assert notebooks.problems(notebooks.clean(nb)) == []
+
+
+def without_ids(nb):
+    for cell in nb["cells"]:
+        cell.pop("id", None)
+    return nb
+
+
+def test_there_is_something_to_release():
+    assert {"keras_lesson", "pytorch_lesson", "quiz"} <= set(ASSIGNMENTS)
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_release_is_generated_from_source(assignment, tmp_path):
+    course = make_course(tmp_path / "course", [assignment])
+    nbgrader("generate_assignment", assignment, "--force", cwd=course)
+    generated = sorted((course / "release" / assignment).rglob("*"))
+    committed = sorted((REPO / "release" / assignment).rglob("*"))
+    assert [p.relative_to(course / "release") for p in generated] == [p.relative_to(REPO / "release") for p in committed]
+    for new, old in zip(generated, committed):
+        if new.suffix == ".ipynb":
+            assert without_ids(json.loads(new.read_text())) == without_ids(json.loads(old.read_text())), (
+                f"release/{assignment}/{new.name} is stale: run `make release` and commit it")
+        elif new.is_file():
+            assert new.read_bytes() == old.read_bytes()
