@@ -336,7 +336,8 @@ def test_grading_shows_the_worked_solution_whether_right_or_wrong(graded):
 def test_feedback_html_contains_each_worked_solution(graded):
     for student in ("all_right", "all_wrong"):
         page = (graded["course"] / "feedback" / student / ASSIGNMENT / "quiz.html").read_text()
-        outputs = re.findall(r'data-mime-type="text/plain"[^>]*>\s*<pre>(.*?)</pre>', page, re.S)
+        # printed output only (nbconvert's classic or lab template), not the highlighted test source
+        outputs = re.findall(r'(?:output_stdout[^"]*"|data-mime-type="text/plain")[^>]*>\s*<pre>(.*?)</pre>', page, re.S)
         printed = html.unescape("\n".join(re.sub(r"<[^>]+>", "", o) for o in outputs))
         for n in QUESTIONS:
             assert all(line in printed for line in worked_solution(n)), (student, n)
