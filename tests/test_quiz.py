@@ -144,7 +144,7 @@ def test_each_test_cell_is_self_contained_and_prints_the_solution_before_judging
         used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
         outside = used - defined - set(dir(builtins))
         assert outside <= {f"answer_q{n}"}, (n, outside)
-        assert source.index('print("""') < source.index("answer_letter(globals()") < source.index("assert letter ==")
+        assert source.index('print("""') < source.index("answer_letter(globals()") < source.index('letter == "')
 
 
 # ---------------------------------------------------------------- nothing gives the answers away
@@ -263,6 +263,19 @@ MALFORMED_MESSAGES = {3: "answer_q3 is None", 4: "(type int), not a letter", 7: 
                       8: "not one of the options", 9: "empty string", 10: "Question 10 is not answered yet"}
 
 
+# A student who, instead of answering, makes the format check return a string that equals anything.
+TAMPER = '''
+import course.checks.quiz as format_checks
+
+class EqualsAnything(str):
+    def __eq__(self, other):
+        return True
+    __hash__ = str.__hash__
+
+format_checks.answer_letter = lambda namespace, question: EqualsAnything("A")
+'''
+
+
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     """One autograde run: all right, all wrong, malformed, untouched; then their feedback."""
@@ -273,7 +286,8 @@ def graded(tmp_path_factory):
     submissions = {"all_right": with_answers(student_nb, solutions(ASSIGNMENT)),
                    "all_wrong": with_answers(student_nb, wrong),
                    "malformed": with_answers(student_nb, malformed),
-                   "untouched": student_nb}
+                   "untouched": student_nb,
+                   "tamper": with_answers(student_nb, {**wrong, "answer_q1": TAMPER})}
     work = tmp_path_factory.mktemp("quiz")
     scores = grade(ASSIGNMENT, submissions, work)
     course = work / "course"
@@ -312,6 +326,12 @@ def test_all_wrong_answers_get_zero(graded):
 def test_the_untouched_student_notebook_gets_zero(graded):
     scores = quiz_scores(graded["scores"], "untouched")
     assert all(score == 0 for score, _ in scores.values()), scores
+
+
+def test_a_patched_format_check_earns_nothing(graded):
+    scores = quiz_scores(graded["scores"], "tamper")
+    assert all(score == 0 for score, _ in scores.values()), scores
+    assert "your answer reads as A" in autograded_outputs(graded["course"], "tamper")[5]  # the patch was active
 
 
 def test_malformed_answers_are_scored_as_documented(graded):
