@@ -1,0 +1,55 @@
+"""Command line: ``python -m autograder grade ASSIGNMENT SUBMISSIONS --out OUT [--jobs N]``."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from autograder import sandbox
+from autograder.pipeline import REPO, Options, grade
+from autograder.submissions import InstructorError
+
+
+def parse_size(text: str) -> int:
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    text = text.strip().lower().rstrip("b")
+    return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m autograder", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("grade", help="grade a folder or .zip of submissions")
+    g.add_argument("assignment", help="assignment id (a folder under source/)")
+    g.add_argument("submissions", type=Path, help="folder or .zip: <student>/<nb>.ipynb or submitted/<student>/<assignment>/")
+    g.add_argument("--out", type=Path, required=True, help="output folder (grades.csv, checks.csv, feedback/, run.json)")
+    g.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="submissions graded at once (default: cores)")
+    g.add_argument("--course", type=Path, default=REPO, help="nbgrader course root (default: this repository)")
+    g.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (default: the course's Execute.timeout)")
+    g.add_argument("--timeout", type=int, default=1800, help="seconds per submission, everything included (default 1800)")
+    g.add_argument("--memory", type=parse_size, default=sandbox.DEFAULT_MEMORY,
+                   help="address-space limit of the student's kernel, e.g. 4G (default 8G)")
+    g.add_argument("--unprotected", action="store_true",
+                   help="BENCHMARK ONLY: no sandbox and kernel-reported verdicts (the plain nbgrader trust model)")
+    g.add_argument("--keep-temp", action="store_true", help="keep the per-submission courses (for debugging)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    opts = Options(assignment=args.assignment, submissions=args.submissions, out=args.out, jobs=args.jobs,
+                   course=args.course.resolve(), cell_timeout=args.cell_timeout, submission_timeout=args.timeout,
+                   memory_bytes=args.memory, protected=not args.unprotected, keep_temp=args.keep_temp)
+    try:
+        return grade(opts)
+    except InstructorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Grade ONE submission in its own throw-away nbgrader course (run as a child process by the pipeline).
+
+    python -m autograder.grade_one JOB.json      # writes result.json next to JOB.json
+
+The job folder holds a complete course: the instructor's nbgrader_config.py (plus the sandbox kernel and
+timeouts appended), source/, release/, a private copy of the gradebook made by ``generate_assignment``, and
+``submitted/<student>/<assignment>/<notebook>.ipynb``. Steps: nbgrader autograde -> (issue 7) the
+independent checker's verdicts replace the kernel's -> nbgrader generate_feedback -> result.json.
+Nothing here writes outside the job folder; the pipeline merges the results.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+
+def _load_api(course: Path, execute: bool = True):
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.converters.autograde import Autograde
+    from nbgrader.coursedir import CourseDirectory
+    from nbgrader.preprocessors import Execute
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
+    config.CourseDirectory.root = str(course)
+    if not execute:  # record the submission (cells restored, gradebook rows) without running it
+        config.Autograde.autograde_preprocessors = [
+            p for p in Autograde.autograde_preprocessors.default_value if p is not Execute]
+    api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
+    api.log_level = "WARN"
+    return api
+
+
+def _cell_messages(autograded: Path) -> dict[str, str]:
+    """grade_id -> the error a graded cell ended with in the student's kernel ("" if none)."""
+    messages = {}
+    if not autograded.exists():
+        return messages
+    nb = json.loads(autograded.read_text())
+    for cell in nb.get("cells", []):
+        gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        if gid and errors:
+            messages[gid] = f"{errors[-1].get('ename', '')}: {errors[-1].get('evalue', '')}".strip(": ")[:300]
+    return messages
+
+
+def nbgrader_checks(course: Path, job: dict) -> list[dict]:
+    """Per test cell: score, max, passed and message as nbgrader's autograde recorded them."""
+    from nbgrader.api import Gradebook
+
+    checks = []
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        for name in job["notebooks"]:
+            stem = name[:-len(".ipynb")]
+            messages = _cell_messages(course / "autograded" / job["student"] / job["assignment"] / name)
+            try:
+                grades = gb.find_submission_notebook(stem, job["assignment"], job["student"]).grades
+            except Exception:
+                grades = []
+                expected = gb.find_notebook(stem, job["assignment"]).grade_cells
+                checks += [{"notebook": name, "check": c.name, "score": 0.0, "max_score": c.max_score,
+                            "passed": False, "judged_by": "nbgrader", "message": "notebook not submitted"}
+                           for c in expected]
+            for g in sorted(grades, key=lambda g: g.name):
+                if g.cell_type != "code":
+                    continue  # manually graded answers are not part of the autograded score
+                score = g.score or 0.0
+                checks.append({"notebook": name, "check": g.name, "score": score, "max_score": g.max_score,
+                               "passed": score >= g.max_score, "judged_by": "nbgrader",
+                               "message": messages.get(g.name, "" if score >= g.max_score else "failed")})
+    return checks
+
+
+def apply_checker_verdicts(course: Path, job: dict, checks: list[dict]) -> list[dict]:
+    """Issue 7: the independent checker's verdicts replace what the student's kernel reported.
+
+    Scores go into this job's gradebook (so feedback shows them) and the verdict text replaces the
+    test cell's outputs in the autograded notebook (so feedback shows the verdict, not the kernel's output).
+    """
+    from autograder.checker import check_submission
+    from nbgrader.api import Gradebook
+
+    by_key = {(c["notebook"], c["check"]): c for c in checks}
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        for name in job["notebooks"]:
+            source = course / "source" / job["assignment"] / name
+            submitted = course / "submitted" / job["student"] / job["assignment"] / name
+            if not submitted.exists():
+                continue
+            verdicts = check_submission(source, submitted, timeout=job["checker_timeout"],
+                                        cell_timeout=job["cell_timeout"])
+            autograded = course / "autograded" / job["student"] / job["assignment"] / name
+            nb = json.loads(autograded.read_text())
+            for cell in nb["cells"]:
+                gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+                check = by_key.get((name, gid))
+                if check is None:
+                    continue
+                verdict = verdicts.get(gid, {"passed": False, "message": "the checker gave no verdict"})
+                check.update(passed=bool(verdict["passed"]), judged_by="checker",
+                             score=check["max_score"] if verdict["passed"] else 0.0,
+                             message=str(verdict.get("message", ""))[:500])
+                grade = gb.find_grade(gid, name[:-len(".ipynb")], job["assignment"], job["student"])
+                grade.auto_score = check["score"]
+                grade.manual_score = None
+                text = "Independent checker: " + ("passed" if check["passed"] else "FAILED")
+                if check["message"]:
+                    text += f"\n{check['message']}"
+                cell["outputs"] = [{"name": "stdout", "output_type": "stream", "text": text + "\n"}]
+            gb.db.commit()
+            autograded.write_text(json.dumps(nb, indent=1))
+    return checks
+
+
+def checker_available() -> bool:
+    try:
+        import autograder.checker  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def autograde_error(result: dict) -> str:
+    """The most telling line of a failed nbgrader autograde's log (e.g. 'DeadKernelError: Kernel died')."""
+    lines = [l.strip() for l in (result.get("log") or "").splitlines() + (result.get("error") or "").splitlines()]
+    for marker in ("DeadKernelError", "Kernel died", "CellTimeoutError", "Kernel didn't respond", "Error: "):
+        found = [l for l in lines if marker in l and "Please see the" not in l]
+        if found:
+            return found[-1].split("] ", 1)[-1][:300]
+    return (lines[-1:] or ["unknown error"])[0][:300]
+
+
+def grade(job: dict) -> dict:
+    course = Path(job["course"])
+    api = _load_api(course)
+    notes = []
+    result = api.autograde(job["assignment"], job["student"], force=True, create=True)
+    if not result.get("success"):
+        error = autograde_error(result)
+        if not job["use_checker"]:
+            return {"status": "failed", "reason": f"nbgrader autograde failed: {error}", "checks": []}
+        # nbgrader gives up on the whole notebook when the kernel dies (os._exit, a crash): record the
+        # submission without running it; the independent checker, which never needed that kernel, judges it.
+        notes.append(f"the notebook could not be run to the end ({error}); scores come from the independent checker")
+        api = _load_api(course, execute=False)
+        result = api.autograde(job["assignment"], job["student"], force=True, create=True)
+        if not result.get("success"):
+            return {"status": "failed", "reason": f"nbgrader autograde failed: {autograde_error(result)}", "checks": []}
+    checks = nbgrader_checks(course, job)
+    if job["use_checker"]:
+        try:
+            checks = apply_checker_verdicts(course, job, checks)
+        except Exception as exc:
+            return {"status": "failed", "checks": [],
+                    "reason": f"independent checker error: {type(exc).__name__}: {exc}"[:300]}
+    feedback = api.generate_feedback(job["assignment"], job["student"], force=True)
+    if not feedback.get("success"):
+        notes.append("feedback could not be generated")
+    return {"status": "graded", "reason": "; ".join(notes), "checks": checks}
+
+
+def main(job_file: str) -> int:
+    job_path = Path(job_file)
+    job = json.loads(job_path.read_text())
+    try:
+        result = grade(job)
+    except Exception as exc:  # a bug or a damaged gradebook: this submission fails, the batch goes on
+        traceback.print_exc()
+        result = {"status": "failed", "reason": f"grading error: {type(exc).__name__}: {exc}"[:300], "checks": []}
+    (job_path.parent / "result.json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

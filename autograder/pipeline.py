@@ -1,0 +1,294 @@
+"""One command from a folder of submissions to grades and feedback (issue 6), sandboxed (issue 7).
+
+    python -m autograder grade ASSIGNMENT SUBMISSIONS --out OUT [--jobs N]
+
+Process model: the run builds one template course (the instructor's nbgrader_config.py + source/ASSIGNMENT,
+``nbgrader generate_assignment`` -> gradebook.db + release/). Each submission gets a copy of that course
+in its own temporary folder (so its own sqlite gradebook: no write conflicts) and is graded by its own
+child process (``autograder.grade_one``: nbgrader autograde, the independent checker when
+``autograder/checker.py`` exists, nbgrader generate_feedback). ``--jobs`` children run at once; the parent
+merges their results into OUT/grades.csv, OUT/checks.csv, OUT/feedback/<student>.html and OUT/run.json.
+The student's file is only ever read (copied into the job's course).
+"""
+from __future__ import annotations
+
+import csv
+import html
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autograder import sandbox
+from autograder.grade_one import checker_available
+from autograder.submissions import InstructorError, Submission, find_submissions, unpack
+
+REPO = Path(__file__).resolve().parents[1]
+GRADES_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "reason"]
+CHECKS_COLUMNS = ["student_id", "assignment", "notebook", "check", "score", "max_score", "passed", "judged_by", "message"]
+SANDBOX_KERNEL = "ftlab-sandbox"
+FIRST_UID = 62000  # job i runs as uid FIRST_UID + i (kernel and checker child alike)
+
+
+@dataclass
+class Options:
+    assignment: str
+    submissions: Path
+    out: Path
+    jobs: int = os.cpu_count() or 1
+    course: Path = REPO
+    cell_timeout: int | None = None  # None: the course's Execute.timeout
+    submission_timeout: int = 1800
+    memory_bytes: int = sandbox.DEFAULT_MEMORY
+    protected: bool = True  # sandbox + independent checker; False only for the benchmark's comparison
+    keep_temp: bool = False
+
+
+@dataclass
+class Row:
+    student_id: str
+    status: str
+    score: float | None = None
+    reason: str = ""
+    checks: list = field(default_factory=list)
+    feedback: Path | None = None
+    seconds: float = 0.0
+
+
+def fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:g}"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- the template course
+def expected_notebooks(course: Path, assignment: str) -> list[str]:
+    folder = course / "source" / assignment
+    known = sorted(p.name for p in (course / "source").iterdir() if p.is_dir()) if (course / "source").is_dir() else []
+    if not assignment or "/" in assignment or not folder.is_dir():
+        raise InstructorError(f"unknown assignment {assignment!r}: no folder source/{assignment} in {course}"
+                              f" (known: {', '.join(known) or 'none'})")
+    names = sorted(p.name for p in folder.glob("*.ipynb"))
+    if not names:
+        raise InstructorError(f"assignment {assignment!r} has no notebook in {folder}")
+    return names
+
+
+def nbgrader_env() -> dict:
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+
+
+def build_template(opts: Options, root: Path) -> tuple[Path, float]:
+    """A throw-away course with the instructor's config and this assignment, generated once per run."""
+    template = root / "template"
+    template.mkdir()
+    shutil.copy(opts.course / "nbgrader_config.py", template / "nbgrader_config.py")
+    shutil.copytree(opts.course / "source" / opts.assignment, template / "source" / opts.assignment,
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    done = subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "generate_assignment", opts.assignment,
+                           "--force", "--log-level=ERROR"], cwd=template, capture_output=True, text=True,
+                          env=nbgrader_env())
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise InstructorError(f"nbgrader generate_assignment {opts.assignment} failed: {last}")
+    from nbgrader.api import Gradebook
+    with Gradebook(f"sqlite:///{template / 'gradebook.db'}") as gb:
+        max_score = gb.find_assignment(opts.assignment).max_code_score
+    return template, float(max_score)
+
+
+# ----------------------------------------------------------------------------- one job per submission
+def sandbox_settings(opts: Options, job: Path, workdir: Path, uid: int, hide: list[Path]) -> str:
+    """Config lines that make nbgrader start the student's kernel through autograder.sandbox."""
+    runtime = job / "runtime"
+    runtime.mkdir()
+    argv = sandbox.wrap([sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                        workdir=workdir, memory_bytes=opts.memory_bytes, cpu_seconds=opts.submission_timeout,
+                        uid=uid, hide=tuple(hide), keep=(runtime,), give=("{connection_file}",))
+    spec_dir = job / "jupyter" / "kernels" / SANDBOX_KERNEL
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps(
+        {"argv": argv, "display_name": "Python 3 (sandboxed)", "language": "python"}, indent=1))
+    return (f"\n# --- added by autograder.pipeline for this submission only ---\n"
+            f"c.Execute.kernel_name = {SANDBOX_KERNEL!r}\n"
+            f"c.KernelManager.transport = 'ipc'  # unix sockets: the sandbox has no network at all\n"
+            f"c.KernelManager.ip = {str(runtime / 'kernel')!r}  # absolute: the kernel starts elsewhere\n")
+
+
+def prepare_job(opts: Options, root: Path, template: Path, sub: Submission, index: int) -> dict:
+    job = root / "jobs" / f"{index:05d}"
+    course = job / "course"
+    shutil.copytree(template, course)
+    folder = course / "submitted" / sub.student_id / opts.assignment
+    folder.mkdir(parents=True)
+    for name, path in sub.notebooks.items():
+        shutil.copyfile(path, folder / name)  # read-only use of the student's file
+    settings = ""
+    if opts.cell_timeout:
+        settings += f"\nc.Execute.timeout = {int(opts.cell_timeout)}\n"
+    uid = FIRST_UID + index
+    hide = [root, opts.submissions, opts.out]
+    if opts.protected:
+        workdir = course / "autograded" / sub.student_id / opts.assignment
+        settings += sandbox_settings(opts, job, workdir, uid, hide)
+    with open(course / "nbgrader_config.py", "a") as f:
+        f.write(settings)
+    spec = {"course": str(course), "assignment": opts.assignment, "student": sub.student_id,
+            "notebooks": sorted(sub.notebooks), "use_checker": opts.protected and checker_available(),
+            "checker_timeout": opts.submission_timeout / 2, "cell_timeout": opts.cell_timeout or 180}
+    (job / "job.json").write_text(json.dumps(spec, indent=1))
+    return {"dir": job, "uid": uid, "spec": spec, "hide": [str(p) for p in hide]}
+
+
+def run_job(opts: Options, job: dict, sub: Submission) -> Row:
+    env = {**nbgrader_env(), "JUPYTER_PATH": str(job["dir"] / "jupyter"),
+           "JUPYTER_RUNTIME_DIR": str(job["dir"] / "runtime"), "PYTHONDONTWRITEBYTECODE": "1"}
+    if opts.protected:  # jupyter_client writes the kernel's connection file (and ipc sockets) in TMPDIR
+        env["TMPDIR"] = str(job["dir"] / "runtime")
+        # the checker's child (autograder.checker -> sandbox.wrap) gets this job's uid, hidden paths and memory
+        env.update(sandbox.job_environment(uid=job["uid"], hide=job["hide"], memory_bytes=opts.memory_bytes))
+    start = time.monotonic()
+    log_file = open(job["dir"] / "worker.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "autograder.grade_one", str(job["dir"] / "job.json")],
+                            cwd=job["spec"]["course"], env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        proc.wait(timeout=opts.submission_timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        timed_out = True
+    finally:
+        log_file.close()
+        if opts.protected and os.geteuid() == 0:
+            sandbox.kill_user_processes(job["uid"])
+    seconds = time.monotonic() - start
+    if timed_out:
+        return Row(sub.student_id, "failed", reason=f"grading took longer than {opts.submission_timeout} s"
+                   " (per-submission limit)", seconds=seconds)
+    result_file = job["dir"] / "result.json"
+    if not result_file.exists():
+        return Row(sub.student_id, "failed", reason=f"grading process ended with code {proc.returncode}",
+                   seconds=seconds)
+    result = json.loads(result_file.read_text())
+    row = Row(sub.student_id, result["status"], reason=result["reason"], checks=result["checks"], seconds=seconds)
+    if row.status == "graded":
+        row.score = sum(c["score"] for c in row.checks)
+        feedback = sorted((Path(job["spec"]["course"]) / "feedback" / sub.student_id / opts.assignment).glob("*.html"))
+        row.feedback = feedback[0] if len(feedback) == 1 else None
+    return row
+
+
+# ----------------------------------------------------------------------------- outputs
+def failed_feedback(student: str, assignment: str, reason: str) -> str:
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(assignment)}: feedback"
+            f"</title></head><body><h1>{html.escape(assignment)}: {html.escape(student)}</h1>"
+            f"<p>Your submission could not be graded automatically:</p><p><b>{html.escape(reason)}</b></p>"
+            f"<p>Please contact your instructor.</p></body></html>\n")
+
+
+def write_outputs(opts: Options, rows: list[Row], max_score: float, run_info: dict) -> None:
+    (opts.out / "feedback").mkdir(parents=True, exist_ok=True)
+    with open(opts.out / "grades.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(GRADES_COLUMNS)
+        for r in rows:
+            w.writerow([r.student_id, opts.assignment, fmt(r.score), fmt(max_score), r.status, r.reason])
+    with open(opts.out / "checks.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CHECKS_COLUMNS)
+        for r in rows:
+            for c in r.checks:
+                w.writerow([r.student_id, opts.assignment, c["notebook"], c["check"], fmt(c["score"]),
+                            fmt(c["max_score"]), c["passed"], c["judged_by"], c["message"]])
+    for r in rows:
+        target = opts.out / "feedback" / f"{r.student_id}.html"
+        if r.feedback:
+            shutil.copyfile(r.feedback, target)
+        else:
+            target.write_text(failed_feedback(r.student_id, opts.assignment, r.reason or "no feedback"))
+    (opts.out / "run.json").write_text(json.dumps(run_info, indent=1) + "\n")
+
+
+# ----------------------------------------------------------------------------- the whole run
+def check_paths(opts: Options) -> None:
+    if not opts.submissions.exists():
+        raise InstructorError(f"submissions not found: {opts.submissions}")
+    if opts.submissions.is_file() and opts.submissions.suffix.lower() != ".zip":
+        raise InstructorError(f"submissions must be a folder or a .zip: {opts.submissions}")
+    if not os.access(opts.submissions, os.R_OK | (os.X_OK if opts.submissions.is_dir() else 0)):
+        raise InstructorError(f"cannot read submissions: {opts.submissions}")
+    if opts.out.resolve() == opts.submissions.resolve() or opts.submissions.resolve() in opts.out.resolve().parents:
+        raise InstructorError("--out must not be inside the submissions folder (it is never written to)")
+
+
+def grade(opts: Options) -> int:
+    opts.submissions, opts.out = Path(opts.submissions).resolve(), Path(opts.out).resolve()
+    notebooks = expected_notebooks(opts.course, opts.assignment)
+    check_paths(opts)
+    root = Path(tempfile.mkdtemp(prefix="ftlab-grade-"))
+    os.chmod(root, 0o700)
+    try:
+        folder = opts.submissions
+        if folder.is_file():
+            folder = unpack(folder, root / "unzipped")
+        subs = find_submissions(folder, opts.assignment, notebooks)
+        if not subs:
+            raise InstructorError(f"no student folders in {opts.submissions}")
+        opts.out.mkdir(parents=True, exist_ok=True)
+        protections = sandbox.protections() if opts.protected else {}
+        use_checker = opts.protected and checker_available()
+        mode = (sandbox.summary(protections) if opts.protected else "UNPROTECTED (benchmark mode): no sandbox") + \
+            "; verdicts: " + ("independent checker" if use_checker else "student's kernel (nbgrader)")
+        log(f"grading {len(subs)} submission(s) of {opts.assignment} with {opts.jobs} job(s); {mode}")
+        template, max_score = build_template(opts, root)
+        rows: dict[str, Row] = {}
+        todo = []
+        for i, sub in enumerate(subs):
+            if sub.problem:
+                rows[sub.student_id] = Row(sub.student_id, "failed", reason=sub.problem)
+            else:
+                todo.append((sub, prepare_job(opts, root, template, sub, i)))
+        start, done, lock = time.monotonic(), len(rows), threading.Lock()
+        with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
+            futures = {pool.submit(run_job, opts, job, sub): sub for sub, job in todo}
+            for future in as_completed(futures):
+                row = future.result()
+                if row.status == "graded" and futures[future].notes:
+                    row.reason = "; ".join(futures[future].notes + ([row.reason] if row.reason else []))
+                with lock:
+                    rows[row.student_id] = row
+                    done += 1
+                    elapsed = time.monotonic() - start
+                    finished = done - (len(subs) - len(todo))
+                    eta = elapsed / max(finished, 1) * (len(subs) - done)
+                    log(f"[{done}/{len(subs)}] {row.student_id}: {row.status} {fmt(row.score) or '-'}/{fmt(max_score)}"
+                        f" ({row.seconds:.1f} s)  elapsed {elapsed:.0f} s, ETA {eta:.0f} s")
+        ordered = [rows[s.student_id] for s in subs]
+        run_info = {"assignment": opts.assignment, "submissions": len(subs), "jobs": opts.jobs,
+                    "max_score": max_score, "protected": opts.protected, "protections": protections,
+                    "verdicts": "checker" if use_checker else "nbgrader",
+                    "graded": sum(r.status == "graded" for r in ordered),
+                    "failed": sum(r.status == "failed" for r in ordered),
+                    "seconds": round(time.monotonic() - start, 2)}
+        write_outputs(opts, ordered, max_score, run_info)
+        log(f"done: {run_info['graded']} graded, {run_info['failed']} failed, {run_info['seconds']:.0f} s; "
+            f"{mode}; wrote {opts.out / 'grades.csv'}")
+        return 0
+    finally:
+        if opts.keep_temp:
+            log(f"kept temporary courses in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
