@@ -515,6 +515,8 @@ def check_submission(source_nb: Path, submitted_nb: Path, *, timeout: float = 30
             if run.running is not None and run.running not in results:
                 results[run.running] = (False, f"this test cell did not complete: {reason}")
                 continue  # relaunch for the cells after it
+            if run.ready and run.verdicts:
+                continue  # it stopped between cells (e.g. after a cell whose code started a thread): go on
             if run.loading is not None:
                 reason = f"the checker stopped while loading answer cell {run.loading}: {reason}"
             elif not run.ready:
