@@ -1,6 +1,6 @@
 """Format checks for the quiz answers. No correct answer lives here: the graded comparison is hidden.
 
-Question N is answered by assigning one letter to ``answer_qN``: ``answer_q1 = "B"``.
+Question N is answered by assigning one letter to ``answer_qN``, e.g. ``answer_qN = "B"``.
 ``answer_letter(globals(), 1)`` reads ``answer_q1`` from the notebook and returns the letter it spells:
 surrounding spaces are dropped and lower case is read as upper case (``" b "`` counts as ``"B"``).
 Anything else (no answer yet, ``None``, a number, ``"AB"``, ``"E"``, ``""``) raises AssertionError with a
