@@ -54,7 +54,7 @@ LESSON_SHAPE = (96, 96, 3)  # the lesson's image size
 
 
 # ---- small helpers ----------------------------------------------------------------------------------
-def _reference_base(input_shape=CHECK_SHAPE, calibrate=True):
+def _reference_base(input_shape=CHECK_SHAPE, calibrate=False):
     """MobileNetV2 exactly as the lesson builds it, random weights (for structure, counts and one step).
 
     With random weights and the initial BatchNorm statistics (mean 0, variance 1) the activations fade
@@ -219,31 +219,31 @@ def check_freeze_all_behaviour(freeze_all):
                        "Set layer.trainable = False (or model.trainable = False), not variable.trainable")
     assert not moved, f"one training step changed weights that freeze_all should have frozen: {_names(moved)}"
     assert _changed(before_head), "the new head on top of the frozen base did not learn in one step"
-    # 2. every layer of a seed-style model, the head included
-    flat, _ = _head_on(_reference_base())
-    freeze_all(flat)
-    left = _trainable_weights_get(flat)
-    assert not left, (f"freeze_all left {_names(left)} trainable ({_params(left):,} parameters): it must freeze "
-                      "every layer of the model it is given, the last one too")
-    # 3. a model that holds the base as one nested layer
-    inner = _reference_base()
-    inputs = _Input(CHECK_SHAPE)
-    nested = _Model(inputs, _Dense(5, activation="softmax")(inner(inputs)))
-    freeze_all(nested)
-    left = _trainable_weights_get(nested)
-    assert not left, (f"freeze_all left {_names(left)} trainable in a model that nests the base as one layer: "
+    # 2. every layer of a model, the last one (a head) included; 3. layers nested inside a layer
+    inputs = _Input((8, 8, 3))
+    inner = _Model(inputs, _BatchNormalization(name="inner_bn")(_Conv2D(4, 3, name="inner_conv")(inputs)), name="inner")
+    outer_inputs = _Input((8, 8, 3))
+    x = _GlobalAveragePooling2D()(inner(outer_inputs))
+    outer = _Model(outer_inputs, _Dense(5, activation="softmax", name="last_dense")(x))
+    freeze_all(outer)
+    left = _trainable_weights_get(outer)
+    last = [v for v in left if "last_dense" in _str(_getattr(v, "path", ""))]
+    assert not last, (f"freeze_all left the model's last layer trainable ({_names(last)}): it must freeze every "
+                      "layer of the model it is given, the last one too")
+    assert not left, (f"freeze_all left {_names(left)} trainable in a model that nests another model as one layer: "
                       "use layer.trainable = False, which applies to the layers inside a nested model too")
-    X, y = _batch(CHECK_SHAPE, 5, seed=1)
-    before = _snapshot(_weights_get(nested))
-    _one_step(nested, X, y)
+    X, y = _batch((8, 8, 3), 5, seed=1)
+    before = _snapshot(_weights_get(outer))
+    _one_step(outer, X, y)
     moved = _changed(before)
     assert not moved, f"one training step changed {_names(moved)} in a model freeze_all froze"
 
 
 # ---- add_head -----------------------------------------------------------------------------------
-def _check_head_model(add_head, num_classes, seed):
-    base = _reference_base()
-    _trainable_set(base, False)
+def _check_head_model(add_head, num_classes, seed, base=None):
+    if base is None:
+        base = _reference_base()
+        _trainable_set(base, False)
     model = add_head(base, num_classes)
     assert _is_model(model), f"add_head should return a keras Model, it returned {_type(model).__name__}"
     assert _tuple(model.outputs[0].shape) == (None, num_classes), \
@@ -268,7 +268,7 @@ def check_add_head_behaviour(add_head):
     """Hidden: only the new head is trainable (its kernel and bias), it learns in one step while the frozen
     base stays bit-identical, and the number of classes is not hard-coded."""
     base, model = _check_head_model(add_head, 5, seed=0)
-    features = _int(_reference_base().outputs[0].shape[-1])
+    features = _int(base.outputs[0].shape[-1])  # the check's own MobileNetV2: 1280 pooled features
     expected = features * 5 + 5
     trainable = _trainable_weights_get(model)
     if not trainable:
@@ -283,25 +283,27 @@ def check_add_head_behaviour(add_head):
     _one_step(model, X, y)
     assert not _changed(before_base), f"one training step changed the frozen base: {_names(_changed(before_base))}"
     assert _changed(before_all), "the new head did not change after one training step: it must be trainable"
-    _check_head_model(add_head, 3, seed=3)
+    _check_head_model(add_head, 3, seed=3, base=base)
 
 
 # ---- unfreeze_last --------------------------------------------------------------------------------
-def _expected_unfrozen(n):
-    """From a reference model: (names of layers that should train, their parameter count)."""
-    ref = _reference_base()
-    layers = _model_layers_get(ref)
+def _expected_unfrozen(base, n):
+    """From the check's own frozen base, before the student's function runs: (names of the layers that
+    should train, their parameter count)."""
+    layers = _model_layers_get(base)
     chosen = [l for l in layers[_len(layers) - n:] if not _is_batchnorm(l) and _weights_get(l)]
     return [l.name for l in chosen], _sum(_params(_weights_get(l)) for l in chosen)
 
 
-def _frozen_base_unfrozen_by(unfreeze_last, n):
-    base = _reference_base()
+def _frozen_base_unfrozen_by(unfreeze_last, n, calibrate=False):
+    """A frozen reference base, what it should become, and the student's function applied to it."""
+    base = _reference_base(calibrate=calibrate)
     _trainable_set(base, False)
     for layer in _model_layers_get(base):
         _trainable_set(layer, False)
+    expected = _expected_unfrozen(base, n)
     unfreeze_last(base, n)
-    return base
+    return base, expected
 
 
 def _trainable_layers(base):
@@ -318,7 +320,7 @@ def _trainable_layers(base):
 def check_unfreeze_last(unfreeze_last):
     """Visible: after unfreeze_last(base, 20) on a frozen base, some of the last layers train, no BatchNorm does."""
     assert _callable(unfreeze_last), "unfreeze_last is not a function"
-    base = _frozen_base_unfrozen_by(unfreeze_last, 20)
+    base, _ = _frozen_base_unfrozen_by(unfreeze_last, 20)
     _, _, owners = _trainable_layers(base)
     bns = [l.name for l in owners if _is_batchnorm(l)]
     assert not bns, (f"unfreeze_last made BatchNormalization layers trainable ({', '.join(bns[:4])}): keep every "
@@ -329,10 +331,9 @@ def check_unfreeze_last(unfreeze_last):
 def check_unfreeze_last_behaviour(unfreeze_last):
     """Hidden: exactly the non-BatchNorm layers among the last n train (counts from a reference model), and one
     training step leaves every other weight and every BatchNorm moving statistic bit-identical."""
-    for n in (20, 7):
-        base = _frozen_base_unfrozen_by(unfreeze_last, n)
+    for n in (7, 20):  # the last one (calibrated: every layer gets a gradient) also takes a training step
+        base, (names, expected) = _frozen_base_unfrozen_by(unfreeze_last, n, calibrate=n == 20)
         model, head, owners = _trainable_layers(base)
-        names, expected = _expected_unfrozen(n)
         got = [l.name for l in owners]
         bns = [l.name for l in owners if _is_batchnorm(l)]
         assert not bns, f"unfreeze_last(base, {n}) made BatchNormalization layers trainable: {', '.join(bns[:4])}"
