@@ -27,10 +27,49 @@ def _load_api(course: Path, execute: bool = True):
     config.CourseDirectory.root = str(course)
     if not execute:  # record the submission (cells restored, gradebook rows) without running it
         config.Autograde.autograde_preprocessors = [
-            p for p in Autograde.autograde_preprocessors.default_value if p is not Execute]
+            p for p in Autograde.class_traits()["autograde_preprocessors"].default() if p is not Execute]
     api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
     api.log_level = "WARN"
     return api
+
+
+def restore_nbgrader_metadata(submitted: Path, release: Path) -> list[str]:
+    """Put back the nbgrader metadata a student changed, in the job's COPY of the submission.
+
+    nbgrader 0.9.6 aborts the whole notebook on some of these (a test cell whose "grade" flag was
+    switched off: "Inconsistent checksums"; a duplicated test cell: KeyError 'grade_id' after
+    DeduplicateIds, cf. jupyter/nbgrader#1083). Students never need to edit this metadata, so: cells with a
+    known grade_id get the released metadata back (the last copy keeps it, as DeduplicateIds would choose;
+    earlier copies become plain cells), cells with an unknown grade_id lose their nbgrader metadata (the
+    original cell is then restored by OverwriteCells.add_missing_cells), and cell ids are made unique.
+    """
+    nb = json.loads(submitted.read_text())
+    released = {c["metadata"]["nbgrader"]["grade_id"]: c["metadata"]["nbgrader"]
+                for c in json.loads(release.read_text())["cells"]
+                if c.get("metadata", {}).get("nbgrader", {}).get("grade_id")}
+    last = {}
+    for i, cell in enumerate(nb["cells"]):
+        gid = (cell.get("metadata") or {}).get("nbgrader", {}).get("grade_id")
+        if gid:
+            last[gid] = i
+    changed, ids = [], set()
+    for i, cell in enumerate(nb["cells"]):
+        meta = cell.setdefault("metadata", {})
+        if "nbgrader" in meta:
+            gid = meta["nbgrader"].get("grade_id") if isinstance(meta["nbgrader"], dict) else None
+            if gid in released and last.get(gid) == i:
+                if meta["nbgrader"] != released[gid]:
+                    meta["nbgrader"] = dict(released[gid])
+                    changed.append(f"restored nbgrader metadata of cell {gid}")
+            else:
+                del meta["nbgrader"]
+                changed.append(f"ignored {'a duplicate of' if gid in released else 'unknown'} cell {gid}")
+        if cell.get("id") in ids or "id" in cell and not isinstance(cell["id"], str):
+            cell["id"] = f"cell-{i}-renumbered"
+        ids.add(cell.get("id"))
+    if changed:
+        submitted.write_text(json.dumps(nb, indent=1))
+    return changed
 
 
 def _cell_messages(autograded: Path) -> dict[str, str]:
@@ -137,6 +176,11 @@ def grade(job: dict) -> dict:
     course = Path(job["course"])
     api = _load_api(course)
     notes = []
+    for name in job["notebooks"]:
+        submitted = course / "submitted" / job["student"] / job["assignment"] / name
+        fixed = restore_nbgrader_metadata(submitted, course / "release" / job["assignment"] / name)
+        if fixed:
+            notes.append(f"{name}: " + ", ".join(fixed))
     result = api.autograde(job["assignment"], job["student"], force=True, create=True)
     if not result.get("success"):
         error = autograde_error(result)

@@ -1,0 +1,137 @@
+"""autograder.sandbox.wrap on its own: what code run through it can and cannot reach (issue 7)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from autograder import sandbox
+from conftest import REPO
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="user/namespace protections need root")
+
+
+def sandboxed(code: str, workdir: Path, **kw) -> subprocess.CompletedProcess:
+    argv = sandbox.wrap([sys.executable, "-c", textwrap.dedent(code)], workdir=workdir, **kw)
+    return subprocess.run(argv, cwd=workdir, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def secret_folder(tmp_path):
+    """A folder like a submissions folder: readable by everyone on the host."""
+    folder = tmp_path / "secret"
+    folder.mkdir()
+    (folder / "answers.txt").write_text("42")
+    os.chmod(tmp_path, 0o755)
+    return folder
+
+
+def test_protections_are_reported_as_they_are():
+    active = sandbox.protections()
+    assert active["separate_user"]["active"] == (os.geteuid() == 0)
+    assert "sandbox: on:" in sandbox.summary(active)
+    if not all(v["active"] for v in active.values()):
+        assert "OFF" in sandbox.summary(active)
+
+
+@needs_root
+def test_runs_as_another_user_in_a_private_copy_of_its_workdir(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "given.txt").write_text("input")
+    done = sandboxed("""
+        import os
+        print(os.getuid(), open("given.txt").read())
+        open("given.txt", "w").write("changed")
+        os.symlink("/etc/passwd", "planted")
+    """, work, uid=61999)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["61999", "input"]
+    assert (work / "given.txt").read_text() == "input" and not (work / "planted").exists()
+
+
+@needs_root
+def test_cannot_read_course_files_or_hidden_folders(tmp_path, secret_folder):
+    (tmp_path / "work").mkdir()
+    done = sandboxed(f"""
+        import os
+        for path in [{str(REPO / 'nbgrader_config.py')!r}, {str(REPO / 'tests' / 'conftest.py')!r},
+                     {str(REPO / '.git' / 'HEAD')!r}, {str(secret_folder / 'answers.txt')!r}]:
+            try:
+                open(path).read()
+                print("READ", path)
+            except OSError as e:
+                print("blocked", type(e).__name__)
+        import course  # what the lessons need is still there
+        print("course ok")
+    """, tmp_path / "work", hide=(secret_folder,))
+    assert done.returncode == 0, done.stderr
+    assert "READ" not in done.stdout and done.stdout.count("blocked") == 4
+    assert "course ok" in done.stdout
+
+
+@needs_root
+def test_cannot_write_to_a_hidden_folder(tmp_path, secret_folder):
+    (tmp_path / "work").mkdir()
+    done = sandboxed(f"""
+        try:
+            open({str(secret_folder / 'answers.txt')!r}, "a").write("forged")
+            print("WROTE")
+        except OSError as e:
+            print("blocked", e)
+    """, tmp_path / "work", hide=(secret_folder,))
+    assert "WROTE" not in done.stdout
+    assert (secret_folder / "answers.txt").read_text() == "42"
+
+
+@needs_root
+def test_no_network_not_even_loopback(tmp_path):
+    import socket
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    done = sandboxed(f"""
+        import socket
+        try:
+            socket.create_connection(("127.0.0.1", {port}), timeout=3)
+            print("CONNECTED")
+        except OSError as e:
+            print("blocked", e)
+    """, tmp_path)
+    server.close()
+    assert "blocked" in done.stdout and "CONNECTED" not in done.stdout
+
+
+def test_unbounded_allocation_hits_the_memory_limit(tmp_path):
+    done = sandboxed("""
+        hog = []
+        try:
+            while True:
+                hog.append(bytearray(2**27))
+        except MemoryError:
+            print("stopped at", len(hog) * 128, "MiB")
+    """, tmp_path, memory_bytes=1 * 2**30)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[2]) < 1024
+
+
+@needs_root
+def test_process_count_is_bounded(tmp_path):
+    done = sandboxed("""
+        import os
+        children = 0
+        try:
+            for _ in range(200):
+                if os.fork() == 0:
+                    import time; time.sleep(5); os._exit(0)
+                children += 1
+        except OSError as e:
+            print("stopped after", children, type(e).__name__)
+    """, tmp_path, processes=20)
+    assert "stopped after" in done.stdout, done.stdout + done.stderr
+    assert int(done.stdout.split()[2]) < 20
