@@ -408,6 +408,8 @@ def run_child(job: dict, indices: list[int], *, cell_timeout: float, deadline: f
                 phase_started = time.monotonic()
                 if kind == "loading":
                     run.loading = str(event.get("cell"))
+                elif kind == "loaded":
+                    run.loading = None
                 elif kind == "ready":
                     run.loading, run.ready, run.setup_notes = None, True, str(event.get("notes") or "")
                 elif kind == "start":
@@ -450,8 +452,8 @@ def run_child(job: dict, indices: list[int], *, cell_timeout: float, deadline: f
     if not run.done:
         reason = killed_for or f"the checker process {describe_exit(code)}"
         tail = bytes(stderr_tail).decode(errors="replace").strip().splitlines()[-3:]
-        if not run.ready and not killed_for and tail and run.loading is None:
-            reason += ": " + " | ".join(tail)
+        if not killed_for and tail:  # the child's last words (student code can write there too)
+            reason += "; its last output: " + " | ".join(line[:200] for line in tail)
         run.ended = reason
     return run
 

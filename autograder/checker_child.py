@@ -372,7 +372,7 @@ def admissible(value, snapshot: Snapshot) -> bool:
         return False
     if _isinstance(value, (type, _ModuleType)) or kind in (_FunctionType, types.BuiltinFunctionType):
         return True
-    module = _dict_get(_type.__dict__["__dict__"].__get__(kind), "__module__", "") or ""
+    module = types.MappingProxyType.get(_type.__dict__["__dict__"].__get__(kind), "__module__", "") or ""
     return _isinstance(module, _str) and any(_str_startswith(module, p) for p in ("torch", "numpy", "keras", "tensorflow"))
 
 
@@ -472,6 +472,7 @@ def main() -> None:
                 _os_exit(4)
         restore()
     restore()
+    report("loaded")
     student_globals["__builtins__"] = _dict_copy(builtins_saved)
     instructor_names = _set(k for k in instructor if not (k.startswith("__") and k.endswith("__")))
 
@@ -498,10 +499,15 @@ def main() -> None:
         if name.startswith("__") or name in builtins_saved or name in instructor_names or name not in student_globals:
             continue
         value = student_globals[name]
-        if not admissible(value, snapshot):
+        try:
+            accepted = admissible(value, snapshot)
+            if accepted:
+                exported[name] = wrap(value) if student_function(value, student_tag) else value
+        except Exception:
+            accepted = False
+        if not accepted:
             notes.setdefault(cell, []).append(f"{name}: an object of a type the checker does not accept, ignored")
-            continue
-        exported[name] = wrap(value) if student_function(value, student_tag) else value
+    restore()
 
     def note_for(cells: list) -> str:
         lines = [f"[{c}] {n}" for c in cells for n in notes.get(c, [])]

@@ -47,7 +47,7 @@ def student_version(source_nb: dict) -> dict:
 def parse_fixture(path: Path) -> dict:
     header, sections, current = {}, [], None
     for line in path.read_text().splitlines(keepends=True):
-        match = re.match(r"# (toy|attack|honest|expect): (.*)", line)
+        match = re.match(r"# (toy|lesson|attack|honest|expect): (.*)", line)
         if current is None and match:
             header[match.group(1)] = match.group(2).strip()
         elif line.startswith("# %% "):
@@ -56,8 +56,8 @@ def parse_fixture(path: Path) -> dict:
         elif current is not None:
             current[1] += line
     expect = dict(item.split("=") for item in header["expect"].split())
-    return {"toy": header["toy"], "expect": {k: v == "pass" for k, v in expect.items()}, "sections": sections,
-            "what": header.get("attack") or header.get("honest")}
+    return {"toy": header.get("toy"), "lesson": header.get("lesson"), "sections": sections,
+            "expect": {k: v == "pass" for k, v in expect.items()}, "what": header.get("attack") or header.get("honest")}
 
 
 def build_submission(fixture: dict) -> dict:
@@ -79,8 +79,8 @@ def build_submission(fixture: dict) -> dict:
     return nb
 
 
-def fixtures(prefix: str = "") -> list[Path]:
-    return sorted(p for p in HOSTILE.glob(f"{prefix}*.py"))
+def fixtures(lessons: bool = False) -> list[Path]:
+    return sorted(p for p in HOSTILE.glob("*.py") if p.name.startswith("lesson_") == lessons)
 
 
 def verdicts_for(nb: dict, toy: str, tmp_path: Path, **kwargs) -> dict:
@@ -201,20 +201,28 @@ def test_plain_nbgrader_is_fooled_where_the_checker_is_not(tmp_path):
 
 
 # ---- the course's own assignments, once released -------------------------------------------------------------------
-ASSIGNMENTS = ["quiz", "pytorch_lesson", "keras_lesson"]
-
-
-@pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_lesson_reference_passes_and_blank_fails(assignment, tmp_path):
+def lesson_submission(fixture: dict) -> tuple[Path, dict, dict]:
+    """(source notebook, submission, expected verdicts): the reference answers with the fixture's cells over them."""
     from grading import notebook_name, release_notebook, solutions, with_answers
+    assignment = fixture["lesson"]
     if not list((REPO / "release" / assignment).glob("*.ipynb")):
         pytest.skip(f"release/{assignment} not generated yet")
+    answers = {**solutions(assignment), **{k: v.rstrip("\n") for k, v in fixture["sections"]}}
     source = REPO / "source" / assignment / notebook_name(assignment)
-    release = release_notebook(assignment)
-    for label, nb, expected in [("reference", with_answers(release, solutions(assignment)), True),
-                                ("blank", release, False)]:
-        path = tmp_path / f"{label}.ipynb"
-        path.write_text(json.dumps(nb))
-        verdicts = check_submission(source, path)
-        wrong = {gid: v["message"][:300] for gid, v in verdicts.items() if v["passed"] != expected}
-        assert verdicts and not wrong, f"{assignment} {label}: {wrong}"
+    ids = [grade_id(c) for c in json.loads(source.read_text())["cells"]
+           if c.get("metadata", {}).get("nbgrader", {}).get("grade") and not c["metadata"]["nbgrader"].get("solution")]
+    expected = {gid: fixture["expect"].get(gid, fixture["expect"].get("*")) for gid in ids}
+    return source, with_answers(release_notebook(assignment), answers), expected
+
+
+@pytest.mark.parametrize("path", fixtures(lessons=True), ids=lambda p: p.stem)
+def test_lesson_attacks_get_exactly_what_their_honest_work_deserves(path, tmp_path):
+    """Per lesson, one submission: reference answers except the attacked cells, which must fail while every
+    other cell passes (a blank notebook failing every cell is measured by benchmarks/checker.py)."""
+    fixture = parse_fixture(path)
+    source, nb, expected = lesson_submission(fixture)
+    submitted = tmp_path / "submitted.ipynb"
+    submitted.write_text(json.dumps(nb))
+    verdicts = check_submission(source, submitted)
+    wrong = {gid: v["message"][:300] for gid, v in verdicts.items() if v["passed"] != expected[gid]}
+    assert set(verdicts) == set(expected) and not wrong, f"{fixture['what']}: {wrong}"
