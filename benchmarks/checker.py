@@ -1,0 +1,98 @@
+"""What the tamper-proof checker costs per submission, and whether it grades the reference and blank right.
+
+    .venv/bin/python -m benchmarks.checker                      # every assignment, once each
+    .venv/bin/python -m benchmarks.checker quiz --repeat 3      # one assignment, 3 timed runs per notebook
+
+For each assignment: the student version (release/<assignment>/, or generated into a throw-away course
+with the real ``nbgrader generate_assignment`` when release/ lacks it) and that version with the reference
+answers filled in are each checked with ``autograder.checker.check_submission``. Prints the wall seconds
+per submission (child start-up, framework imports and checks included; through the sandbox when
+``autograder.sandbox`` is available) and how many test cells passed: the reference must pass all, the
+blank none. Wall-clock figures: other work on the machine changes them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+ASSIGNMENTS = ["quiz", "pytorch_lesson", "keras_lesson"]
+
+
+def student_version(assignment: str, scratch: Path) -> tuple[Path, dict]:
+    """(source notebook path, student version) for ``assignment``."""
+    source = next((REPO / "source" / assignment).glob("*.ipynb"))
+    released = REPO / "release" / assignment / source.name
+    if not released.exists():
+        course = scratch / "course"
+        (course / "source").mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "nbgrader_config.py", course)
+        shutil.copytree(source.parent, course / "source" / assignment, dirs_exist_ok=True)
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "generate_assignment", assignment, "--force"],
+                       cwd=course, env=env, check=True, capture_output=True)
+        released = course / "release" / assignment / source.name
+    return source, json.loads(released.read_text())
+
+
+def with_reference(assignment: str, nb: dict) -> dict:
+    from grading import solutions, with_answers
+    return with_answers(nb, solutions(assignment))
+
+
+def measure(assignment: str, repeat: int) -> list[dict]:
+    from autograder.checker import check_submission
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ftlab-bench-checker-") as scratch:
+        source, blank = student_version(assignment, Path(scratch))
+        for label, nb in [("reference", with_reference(assignment, blank)), ("blank", blank)]:
+            path = Path(scratch) / f"{label}.ipynb"
+            path.write_text(json.dumps(nb))
+            times, verdicts = [], {}
+            for _ in range(repeat):
+                start = time.perf_counter()
+                verdicts = check_submission(source, path)
+                times.append(time.perf_counter() - start)
+            passed = sum(v["passed"] for v in verdicts.values())
+            rows.append({"assignment": assignment, "submission": label, "seconds": statistics.median(times),
+                         "runs": repeat, "passed": passed, "cells": len(verdicts),
+                         "right": passed == (len(verdicts) if label == "reference" else 0),
+                         "sandbox": next(iter(verdicts.values()))["sandbox"] if verdicts else "",
+                         "failures": {g: v["message"][:160] for g, v in verdicts.items()
+                                      if v["passed"] != (label == "reference")}})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("assignments", nargs="*", default=ASSIGNMENTS)
+    parser.add_argument("--repeat", type=int, default=1, help="timed runs per notebook (median reported)")
+    parser.add_argument("--json", type=Path, help="also write the rows to this file")
+    args = parser.parse_args(argv)
+    rows = []
+    print(f"{'assignment':16} {'submission':10} {'s/submission':>12} {'passed':>8}  verdicts as expected")
+    for assignment in args.assignments:
+        for row in measure(assignment, args.repeat):
+            rows.append(row)
+            print(f"{row['assignment']:16} {row['submission']:10} {row['seconds']:12.1f} "
+                  f"{row['passed']:>4}/{row['cells']:<3}  {'yes' if row['right'] else 'NO'}", flush=True)
+            for gid, message in row["failures"].items():
+                print(f"    {gid}: {message}")
+    if rows:
+        print(rows[0]["sandbox"])
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0 if all(r["right"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
