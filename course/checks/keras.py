@@ -18,7 +18,9 @@ in the notebook afterwards changes nothing here. Weights are compared as NumPy c
 from __future__ import annotations
 
 import builtins
+import functools
 import math
+import warnings
 
 import numpy
 import tensorflow as tf
@@ -48,9 +50,21 @@ _np_array, _np_array_equal, _np_prod, _np_eye = numpy.array, numpy.array_equal, 
 _np_allclose, _np_log, _np_clip, _np_sum, _np_all = numpy.allclose, numpy.log, numpy.clip, numpy.sum, numpy.all
 _RandomState = numpy.random.RandomState
 _run_functions_eagerly, _functions_run_eagerly = tf.config.run_functions_eagerly, tf.config.functions_run_eagerly
+_catch_warnings, _simplefilter, _wraps = warnings.catch_warnings, warnings.simplefilter, functools.wraps
 
 CHECK_SHAPE = (32, 32, 3)   # small inputs for checks where the weights and image size do not matter
 LESSON_SHAPE = (96, 96, 3)  # the lesson's image size
+
+
+def _quiet(check):
+    """Keras warnings raised while a check runs (e.g. "no trainable weights" when it steps a model that
+    is meant to be frozen) stay off stderr, where `nbgrader validate` would count them as a failure."""
+    @_wraps(check)
+    def run(*args, **kwargs):
+        with _catch_warnings():
+            _simplefilter("ignore")
+            return check(*args, **kwargs)
+    return run
 
 
 # ---- small helpers ----------------------------------------------------------------------------------
@@ -145,6 +159,7 @@ def _learning_rate(optimizer):
 
 
 # ---- build_base ---------------------------------------------------------------------------------
+@_quiet
 def check_build_base(build_base):
     """Visible: a pooled MobileNetV2 without its top, at the requested image size."""
     assert _callable(build_base), "build_base is not a function"
@@ -164,6 +179,7 @@ def check_build_base(build_base):
     return base
 
 
+@_quiet
 def check_build_base_weights(build_base):
     """Hidden: the pre-trained weights chosen by the course setting, all layers trainable, input_shape honoured."""
     from course import keras_tools, weights
@@ -187,6 +203,7 @@ def check_build_base_weights(build_base):
 
 
 # ---- freeze_all ---------------------------------------------------------------------------------
+@_quiet
 def check_freeze_all(freeze_all):
     """Visible: returns the model it was given, with no trainable weights left."""
     assert _callable(freeze_all), "freeze_all is not a function"
@@ -202,6 +219,7 @@ def check_freeze_all(freeze_all):
         f"after freeze_all the model should hold all {total} weight tensors as non-trainable"
 
 
+@_quiet
 def check_freeze_all_behaviour(freeze_all):
     """Hidden: frozen means one training step changes nothing - weights and BatchNorm statistics alike -
     in a plain base, a seed-style model (head included) and a model that nests the base as one layer."""
@@ -258,12 +276,14 @@ def _check_head_model(add_head, num_classes, seed, base=None):
     return base, model
 
 
+@_quiet
 def check_add_head(add_head):
     """Visible: a keras Model on the given base whose output is one probability per class."""
     assert _callable(add_head), "add_head is not a function"
     _check_head_model(add_head, 5, seed=0)
 
 
+@_quiet
 def check_add_head_behaviour(add_head):
     """Hidden: only the new head is trainable (its kernel and bias), it learns in one step while the frozen
     base stays bit-identical, and the number of classes is not hard-coded."""
@@ -317,6 +337,7 @@ def _trainable_layers(base):
     return model, head, owners
 
 
+@_quiet
 def check_unfreeze_last(unfreeze_last):
     """Visible: after unfreeze_last(base, 20) on a frozen base, some of the last layers train, no BatchNorm does."""
     assert _callable(unfreeze_last), "unfreeze_last is not a function"
@@ -328,6 +349,7 @@ def check_unfreeze_last(unfreeze_last):
     assert owners, "after unfreeze_last(base, 20) no layer of the base is trainable"
 
 
+@_quiet
 def check_unfreeze_last_behaviour(unfreeze_last):
     """Hidden: exactly the non-BatchNorm layers among the last n train (counts from a reference model), and one
     training step leaves every other weight and every BatchNorm moving statistic bit-identical."""
@@ -399,6 +421,7 @@ def _check_loss_and_accuracy(model):
 _sorted = builtins.sorted
 
 
+@_quiet
 def check_compile_for_fine_tuning(compile_for_fine_tuning):
     """Visible: Adam at the default lr of 1e-5, categorical cross-entropy, accuracy."""
     assert _callable(compile_for_fine_tuning), "compile_for_fine_tuning is not a function"
@@ -408,6 +431,7 @@ def check_compile_for_fine_tuning(compile_for_fine_tuning):
     _check_loss_and_accuracy(model)
 
 
+@_quiet
 def check_compile_for_fine_tuning_behaviour(compile_for_fine_tuning):
     """Hidden: the lr argument is used, and layers unfrozen after an earlier compile and fit really train
     afterwards (Keras keeps the training step it traced: only a new compile picks up new trainable flags)."""
