@@ -1,0 +1,126 @@
+"""Grading speed: the course's pipeline (--jobs 1, --jobs 2, protected and not) against plain nbgrader.
+
+    python -m benchmarks.grading                       # 20 copies of the quiz reference solution
+    python -m benchmarks.grading --assignment pytorch_lesson --copies 20
+
+Every configuration grades the same batch: N copies of a realistic submission (the student version with
+the reference answers filled in). Plain nbgrader = one ``nbgrader autograde ASSIGNMENT`` call over all N
+in a throw-away course (sequential, no sandbox, no checker, no feedback). The pipeline does more per
+submission (own course copy, autograde, independent checker, feedback HTML); ``--unprotected`` is the
+pipeline without sandbox and checker, used here only to measure what the protection costs (issue 7 asks
+for at most 25%). Prints seconds per submission and the ratios. Wall-clock figures: the machine's load
+from other work changes them; run it on a quiet machine.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def throwaway_course(root: Path, assignment: str) -> Path:
+    course = root / "course"
+    course.mkdir(parents=True)
+    shutil.copy(REPO / "nbgrader_config.py", course)
+    shutil.copytree(REPO / "source" / assignment, course / "source" / assignment,
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    subprocess.run([str(BIN / "nbgrader"), "generate_assignment", assignment, "--force", "--log-level=ERROR"],
+                   cwd=course, check=True, env=ENV)
+    return course
+
+
+def reference_submission(course: Path, assignment: str) -> tuple[str, dict]:
+    """The released notebook with each solution cell holding the reference answer (marker lines dropped)."""
+    name = sorted(p.name for p in (course / "source" / assignment).glob("*.ipynb"))[0]
+    source = json.loads((course / "source" / assignment / name).read_text())
+    release = json.loads((course / "release" / assignment / name).read_text())
+    answers = {}
+    for cell in source["cells"]:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("solution"):
+            text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            answers[meta["grade_id"]] = "\n".join(l for l in text.splitlines()
+                                                  if l.strip() not in ("### BEGIN SOLUTION", "### END SOLUTION"))
+    nb = copy.deepcopy(release)
+    for cell in nb["cells"]:
+        gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if gid in answers:
+            cell["source"] = answers[gid]
+    return name, nb
+
+
+def plain_nbgrader(course: Path, assignment: str, name: str, nb: dict, copies: int) -> float:
+    for i in range(copies):
+        folder = course / "submitted" / f"student{i:03d}" / assignment
+        folder.mkdir(parents=True)
+        (folder / name).write_text(json.dumps(nb))
+    start = time.perf_counter()
+    subprocess.run([str(BIN / "nbgrader"), "autograde", assignment, "--log-level=ERROR"], cwd=course, env=ENV,
+                   capture_output=True, check=True)
+    return time.perf_counter() - start
+
+
+def pipeline(course: Path, assignment: str, submissions: Path, out: Path, jobs: int, protected: bool) -> float:
+    args = [sys.executable, "-m", "autograder", "grade", assignment, str(submissions), "--out", str(out),
+            "--jobs", str(jobs), "--course", str(course)] + ([] if protected else ["--unprotected"])
+    start = time.perf_counter()
+    done = subprocess.run(args, env=ENV, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"pipeline failed:\n{done.stderr[-2000:]}")
+    info = json.loads((out / "run.json").read_text())
+    if info["failed"]:
+        raise SystemExit(f"{info['failed']} submissions failed: see {out / 'grades.csv'}")
+    return seconds
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--assignment", default="quiz")
+    parser.add_argument("--copies", type=int, default=20)
+    args = parser.parse_args(argv)
+    n = args.copies
+    with tempfile.TemporaryDirectory(prefix="ftlab-bench-") as tmp:
+        root = Path(tmp)
+        course = throwaway_course(root / "plain", args.assignment)
+        name, nb = reference_submission(course, args.assignment)
+        submissions = root / "submissions"
+        for i in range(n):
+            (submissions / f"student{i:03d}").mkdir(parents=True)
+            (submissions / f"student{i:03d}" / name).write_text(json.dumps(nb))
+        pipeline_course = root / "pipeline-course"
+        pipeline_course.mkdir()
+        shutil.copy(REPO / "nbgrader_config.py", pipeline_course)
+        shutil.copytree(REPO / "source" / args.assignment, pipeline_course / "source" / args.assignment)
+        times = {}
+        print(f"grading {n} copies of the {args.assignment} reference solution on {os.cpu_count()} cores", flush=True)
+        runs = [("plain nbgrader autograde (one call, sequential)", lambda: plain_nbgrader(course, args.assignment, name, nb, n)),
+                ("pipeline --jobs 1 (sandbox + checker + feedback)", lambda: pipeline(pipeline_course, args.assignment, submissions, root / "o1", 1, True)),
+                ("pipeline --jobs 2 (sandbox + checker + feedback)", lambda: pipeline(pipeline_course, args.assignment, submissions, root / "o2", 2, True)),
+                ("pipeline --jobs 2 --unprotected (feedback only)", lambda: pipeline(pipeline_course, args.assignment, submissions, root / "o3", 2, False))]
+        for label, run in runs:
+            times[label] = run()
+            print(f"  {label:52s} {times[label] / n:6.2f} s per submission ({times[label]:.0f} s total)", flush=True)
+        plain, j1, j2, unprotected = (times[label] for label, _ in runs)
+        print(f"speed-up --jobs 2 vs --jobs 1:             {j1 / j2:.2f}x")
+        print(f"speed-up --jobs 2 vs plain nbgrader:       {plain / j2:.2f}x")
+        print(f"cost of protection (sandbox + checker) at --jobs 2: {100 * (j2 / unprotected - 1):+.0f}% "
+              f"per submission vs the unprotected pipeline")
+        with open(os.environ.get("FTLAB_BENCH_JSON", os.devnull), "w") as f:
+            json.dump({"assignment": args.assignment, "copies": n, "seconds": times}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
