@@ -161,8 +161,8 @@ def _build_view(spec: dict) -> None:
     """Mount namespace: hide everything sensitive, bind back what the code needs (we are root here)."""
     uid, workdir = spec["uid"], spec["workdir"]
     visible_repo = [str(REPO / name) for name in REPO_VISIBLE if (REPO / name).exists()]
-    interpreter, covers = _interpreter_paths()
-    keep = [p for p in spec["keep"] if os.path.isdir(p)] + visible_repo + interpreter
+    keep = [p for p in spec["keep"] if os.path.isdir(p)] + visible_repo + _interpreter_paths()
+    covers = _private_ancestors(keep + [workdir])
     for path in spec["keep"]:
         if os.path.isdir(path):
             os.chown(path, uid, uid)
@@ -187,18 +187,21 @@ def _build_view(spec: dict) -> None:
             os.lchown(name, uid, uid)
 
 
-def _interpreter_paths() -> tuple[list[str], list[str]]:
-    """The Python installation's folders, and the private folders above them (e.g. /root for pyenv)
-    that must be replaced by an empty tmpfs so that the sandbox user can reach the interpreter."""
-    needed = sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
+def _interpreter_paths() -> list[str]:
+    """The Python installation's folders (the venv and the interpreter it points to)."""
+    return sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
+
+
+def _private_ancestors(paths: list[str]) -> list[str]:
+    """For each path, the highest folder above it that others cannot enter (e.g. /root for a pyenv
+    interpreter, a 0700 temporary folder): it gets an empty tmpfs, the path is recreated and bound back."""
     covers = set()
-    for path in needed:
-        parts = Path(path).parents
-        for ancestor in reversed(parts[:-1] if len(parts) > 1 else []):
-            if not os.stat(ancestor).st_mode & 0o001:
+    for path in paths:
+        for ancestor in reversed(Path(path).parents[:-1]):
+            if os.path.isdir(ancestor) and not os.stat(ancestor).st_mode & 0o001:
                 covers.add(str(ancestor))
                 break
-    return needed, sorted(covers)
+    return sorted(covers)
 
 
 def _limit(spec: dict) -> None:
