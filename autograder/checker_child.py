@@ -84,6 +84,8 @@ SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGALRM", "SIGIN
 LITERAL_TYPES = (str, int, float, complex, bool, type(None), bytes, tuple, list, dict, set, frozenset)
 FRAME_ATTRIBUTES = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_code", "gi_code", "cr_code",
                               "ag_code", "__code__", "f_back", "f_locals", "f_globals"})
+# Standard-library helpers that hand out frames: when one of them asks, its caller is the one judged.
+FRAME_HELPERS = (f"{os.sep}inspect.py", f"{os.sep}traceback.py", f"logging{os.sep}__init__.py")
 CALLER_EVENTS = frozenset({"sys._getframe", "sys._current_frames", "compile", "exec", "marshal.loads",
                            "marshal.load", "code.__new__", "function.__new__", "cpython.PyInterpreterState_Clear"})
 STACK_EVENTS = frozenset({"gc.get_referrers", "gc.get_referents", "gc.get_objects", "sys.settrace", "sys.setprofile",
@@ -284,11 +286,12 @@ def install_audit_hook(student_tag: str):
 
     def student_frame(frame, whole_stack: bool) -> bool:
         while frame is not None:
-            if marker in _code_filename(_frame_code(frame)):
+            filename = _code_filename(_frame_code(frame))
+            if marker in filename:
                 return True
-            if not whole_stack:
+            if not whole_stack and not filename.endswith(FRAME_HELPERS):
                 return False
-            frame = _frame_back(frame)
+            frame = _frame_back(frame)  # a frame helper (inspect.currentframe...): judge its caller
         return False
 
     def hook(event, args):
