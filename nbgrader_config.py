@@ -24,7 +24,12 @@ c.OverwriteCells.add_missing_cells = True
 # the students' Validate button alike. Errors are not stderr streams and still fail the cell.
 c.IgnorePattern.enabled = True
 c.IgnorePattern.pattern = r"[\s\S]"
-c.Validator.preprocessors = [CheckCellMetadata, ClearOutput, Execute, IgnorePattern]
+# nbgrader 0.9.6's Validator.preprocessors is not a configurable trait, so `c.Validator.preprocessors`
+# is ignored; set the class default instead (this file is executed by every nbgrader command and by
+# the Validate button's server extension, so the change applies wherever this course is validated).
+from nbgrader.validator import Validator  # noqa: E402
+
+Validator.class_traits()["preprocessors"].default_args = ([CheckCellMetadata, ClearOutput, Execute, IgnorePattern],)
 
 # Keep a flooding submission from producing gigantic notebooks.
 c.LimitOutput.max_lines = 1000
