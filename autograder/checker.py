@@ -263,6 +263,10 @@ def build_job(source_nb: dict, submitted_nb: dict | None) -> dict:
     answer_ids = [nbgrader_meta(c)["grade_id"] for c in source_cells if is_answer_cell(c)]
     instructor_ids = {nbgrader_meta(c).get("grade_id") for c in source_nb.get("cells", []) if isinstance(c, dict)} - {None}
     program, tests, preload = [], [], ["numpy"]
+    # names the answer cells define: an instructor cell never supplies them (a demo cell defining
+    # `freeze_all` must not stand in for a student's missing or wrong one)
+    answer_names = {name for c in source_cells if is_answer_cell(c)
+                    for statement in choose_statements(cell_source(c), student=False)[0] for name in statement["names"]}
     instructor_sources = set()
     answers_since_last_test = []
     for cell in source_cells:
@@ -277,6 +281,7 @@ def build_job(source_nb: dict, submitted_nb: dict | None) -> dict:
         elif not is_answer_cell(cell):
             instructor_sources.add(text.strip())
             statements, _ = choose_statements(text, student=False)
+            statements = [st for st in statements if not set(st["names"]) & answer_names]
             program.append({"owner": "instructor", "statements": statements})
             preload += [s["module"] for s in statements if s.get("module")]
             preload += [m for s in statements if s.get("module") for m in imported_modules(s["source"])]
