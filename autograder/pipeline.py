@@ -172,7 +172,7 @@ def run_job(opts: Options, job: dict, sub: Submission) -> Row:
         timed_out = True
     finally:
         log_file.close()
-        if opts.protected and os.geteuid() == 0:
+        if opts.protected and sandbox.protections()["separate_user"]["active"]:
             sandbox.kill_user_processes(job["uid"])
     seconds = time.monotonic() - start
     if timed_out:

@@ -64,7 +64,7 @@ ENV_PREFIXES_KEPT = ("FTLAB_",)
 def _unshare_works() -> tuple[bool, str]:
     if os.name != "posix" or not shutil.which("unshare"):
         return False, "no unshare command (not Linux)"
-    if os.geteuid() != 0:
+    if not _is_root():
         return False, "not root"
     probe = subprocess.run(["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
                             "--propagation", "private", "true"], capture_output=True, text=True)
@@ -76,14 +76,15 @@ def _unshare_works() -> tuple[bool, str]:
 def protections() -> dict[str, dict]:
     """Which protections ``wrap`` gives on this machine: ``{name: {"active": bool, "how": str}}``."""
     ns_ok, ns_why = _unshare_works()
-    root = os.name == "posix" and os.geteuid() == 0
+    root = _is_root()
     return {
         "separate_user": {"active": root, "how": "unprivileged uid, no groups, no_new_privs" if root else "not root"},
         "hidden_files": {"active": ns_ok, "how": "mount namespace: tmpfs over course, submissions, output, /tmp"
                          if ns_ok else ns_why},
         "no_network": {"active": ns_ok, "how": "network namespace, loopback down" if ns_ok else ns_why},
         "own_processes": {"active": ns_ok, "how": "pid namespace" if ns_ok else ns_why},
-        "limits": {"active": os.name == "posix", "how": "setrlimit: address space, CPU time, processes, file size"},
+        "limits": {"active": os.name == "posix", "how": "setrlimit: address space, CPU time, processes, file size"
+                   if os.name == "posix" else "no rlimits on this system"},
     }
 
 
@@ -204,8 +205,15 @@ def _private_ancestors(paths: list[str]) -> list[str]:
     return sorted(covers)
 
 
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
 def _limit(spec: dict) -> None:
-    import resource
+    try:
+        import resource
+    except ImportError:  # Windows: no rlimits
+        return
     for name, value in (("RLIMIT_AS", spec["memory"]), ("RLIMIT_CPU", spec["cpu"]),
                         ("RLIMIT_NPROC", spec["processes"]), ("RLIMIT_FSIZE", FILE_SIZE_LIMIT),
                         ("RLIMIT_CORE", 0)):
@@ -239,7 +247,7 @@ def enter(argv: list[str]) -> None:
         give.append(rest[1])
         rest = rest[2:]
     command = rest[1:] if rest[:1] == ["--"] else rest
-    root = os.geteuid() == 0
+    root = _is_root()
     if root and os.getpid() == 1:  # inside unshare: a fresh pid (and mount, network) namespace
         _build_view(spec)
     else:
