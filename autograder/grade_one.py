@@ -102,7 +102,7 @@ def nbgrader_checks(course: Path, job: dict) -> list[dict]:
                 expected = gb.find_notebook(stem, job["assignment"]).grade_cells
                 checks += [{"notebook": name, "check": c.name, "score": 0.0, "max_score": c.max_score,
                             "passed": False, "judged_by": "nbgrader", "message": "notebook not submitted"}
-                           for c in expected]
+                           for c in expected if c.cell_type == "code"]
             for g in sorted(grades, key=lambda g: g.name):
                 if g.cell_type != "code":
                     continue  # manually graded answers are not part of the autograded score
