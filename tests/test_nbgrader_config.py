@@ -1,0 +1,51 @@
+"""The course's nbgrader settings: a correct answer never loses points to text on stderr, in the
+students' Validate as in grading; errors still fail."""
+import json
+
+import nbformat
+
+from conftest import nbgrader
+
+SOLUTION = {"grade": False, "grade_id": "x", "locked": False, "schema_version": 3, "solution": True, "task": False}
+TEST = {"grade": True, "grade_id": "correct_x", "locked": True, "points": 1, "schema_version": 3, "solution": False,
+        "task": False}
+
+
+def write_assignment(course, test_source):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    answer = nbformat.v4.new_code_cell("### BEGIN SOLUTION\nx = 1\n### END SOLUTION")
+    answer.metadata.nbgrader = SOLUTION
+    test = nbformat.v4.new_code_cell(test_source)
+    test.metadata.nbgrader = TEST
+    nb.cells = [answer, test]
+    (course / "source" / "noisy").mkdir(parents=True)
+    nbformat.write(nb, course / "source" / "noisy" / "noisy.ipynb")
+    return course / "source" / "noisy" / "noisy.ipynb"
+
+
+NOISY = "import sys, warnings\nwarnings.warn('a library warning')\nprint('log line', file=sys.stderr)\nassert x == 1"
+
+
+def test_validate_ignores_stderr_but_not_errors(course_dir):
+    path = write_assignment(course_dir, NOISY)
+    result = nbgrader("validate", str(path), cwd=course_dir)
+    assert "Success! Your notebook passes all the tests." in result.stdout
+    broken = json.loads(path.read_text())
+    broken["cells"][1]["source"] = NOISY.replace("x == 1", "x == 2")
+    path.write_text(json.dumps(broken))
+    result = nbgrader("validate", str(path), cwd=course_dir, check=False)
+    assert "VALIDATION FAILED" in result.stdout and "AssertionError" in result.stdout
+
+
+def test_autograde_gives_full_marks_despite_stderr(course_dir):
+    from nbgrader.api import Gradebook
+
+    path = write_assignment(course_dir, NOISY)
+    nbgrader("generate_assignment", "noisy", "--force", cwd=course_dir)
+    submitted = course_dir / "submitted" / "ana" / "noisy"
+    submitted.mkdir(parents=True)
+    submitted.joinpath("noisy.ipynb").write_text(path.read_text().replace("### BEGIN SOLUTION\\n", "").replace("### END SOLUTION", ""))
+    nbgrader("autograde", "noisy", "--force", cwd=course_dir)
+    with Gradebook(f"sqlite:///{course_dir / 'gradebook.db'}") as gb:
+        assert gb.find_submission("noisy", "ana").score == 1
