@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import traceback
 from pathlib import Path
+
+
+STARTED = time.perf_counter()
 
 
 def _load_api(course: Path, execute: bool = True):
@@ -172,9 +176,10 @@ def autograde_error(result: dict) -> str:
     return (lines[-1:] or ["unknown error"])[0][:300]
 
 
-def grade(job: dict) -> dict:
+def grade(job: dict, timings: dict) -> dict:
     course = Path(job["course"])
     api = _load_api(course)
+    timings["start"] = time.perf_counter()
     notes = []
     for name in job["notebooks"]:
         submitted = course / "submitted" / job["student"] / job["assignment"] / name
@@ -193,14 +198,17 @@ def grade(job: dict) -> dict:
         result = api.autograde(job["assignment"], job["student"], force=True, create=True)
         if not result.get("success"):
             return {"status": "failed", "reason": f"nbgrader autograde failed: {autograde_error(result)}", "checks": []}
+    timings["autograde"] = time.perf_counter()
     checks = nbgrader_checks(course, job)
     if job["use_checker"]:
         try:
             checks = apply_checker_verdicts(course, job, checks)
+            timings["checker"] = time.perf_counter()
         except Exception as exc:
             return {"status": "failed", "checks": [],
                     "reason": f"independent checker error: {type(exc).__name__}: {exc}"[:300]}
     feedback = api.generate_feedback(job["assignment"], job["student"], force=True)
+    timings["feedback"] = time.perf_counter()
     if not feedback.get("success"):
         notes.append("feedback could not be generated")
     return {"status": "graded", "reason": "; ".join(notes), "checks": checks}
@@ -209,11 +217,15 @@ def grade(job: dict) -> dict:
 def main(job_file: str) -> int:
     job_path = Path(job_file)
     job = json.loads(job_path.read_text())
+    timings = {}
     try:
-        result = grade(job)
+        result = grade(job, timings)
     except Exception as exc:  # a bug or a damaged gradebook: this submission fails, the batch goes on
         traceback.print_exc()
         result = {"status": "failed", "reason": f"grading error: {type(exc).__name__}: {exc}"[:300], "checks": []}
+    marks = list(timings.items())  # seconds spent in each step, for the benchmark
+    result["timings"] = {name: round(t - marks[i][1], 3) for i, (name, t) in enumerate(marks[1:])}
+    result["timings"]["imports"] = round(marks[0][1] - STARTED, 3) if marks else None
     (job_path.parent / "result.json").write_text(json.dumps(result, indent=1))
     return 0
 

@@ -61,6 +61,7 @@ class Row:
     checks: list = field(default_factory=list)
     feedback: Path | None = None
     seconds: float = 0.0
+    timings: dict = field(default_factory=dict)
 
 
 def fmt(x: float | None) -> str:
@@ -183,7 +184,8 @@ def run_job(opts: Options, job: dict, sub: Submission) -> Row:
         return Row(sub.student_id, "failed", reason=f"grading process ended with code {proc.returncode}",
                    seconds=seconds)
     result = json.loads(result_file.read_text())
-    row = Row(sub.student_id, result["status"], reason=result["reason"], checks=result["checks"], seconds=seconds)
+    row = Row(sub.student_id, result["status"], reason=result["reason"], checks=result["checks"], seconds=seconds,
+              timings=result.get("timings") or {})
     if row.status == "graded":
         row.score = sum(c["score"] for c in row.checks)
         feedback = sorted((Path(job["spec"]["course"]) / "feedback" / sub.student_id / opts.assignment).glob("*.html"))
@@ -197,6 +199,12 @@ def failed_feedback(student: str, assignment: str, reason: str) -> str:
             f"</title></head><body><h1>{html.escape(assignment)}: {html.escape(student)}</h1>"
             f"<p>Your submission could not be graded automatically:</p><p><b>{html.escape(reason)}</b></p>"
             f"<p>Please contact your instructor.</p></body></html>\n")
+
+
+def mean_steps(timings: list[dict]) -> dict:
+    """Mean seconds per grading step over the graded submissions (imports, autograde, checker, feedback)."""
+    names = sorted({k for t in timings for k, v in t.items() if v is not None})
+    return {k: round(sum(t.get(k) or 0 for t in timings) / len(timings), 2) for k in names} if timings else {}
 
 
 def write_outputs(opts: Options, rows: list[Row], max_score: float, run_info: dict) -> None:
@@ -282,7 +290,8 @@ def grade(opts: Options) -> int:
                     "verdicts": "checker" if use_checker else "nbgrader",
                     "graded": sum(r.status == "graded" for r in ordered),
                     "failed": sum(r.status == "failed" for r in ordered),
-                    "seconds": round(time.monotonic() - start, 2)}
+                    "seconds": round(time.monotonic() - start, 2),
+                    "mean_step_seconds": mean_steps([r.timings for r in ordered if r.timings])}
         write_outputs(opts, ordered, max_score, run_info)
         log(f"done: {run_info['graded']} graded, {run_info['failed']} failed, {run_info['seconds']:.0f} s; "
             f"{mode}; wrote {opts.out / 'grades.csv'}")
