@@ -166,15 +166,17 @@ def _reference():
 
 SUBMISSIONS = {
     # student id: (answers replacing the reference's, test cells expected to fail)
-    "keras_habit": ({"freeze_all": FREEZE_KERAS, "make_optimizer": OPTIMIZER_ALL, "count_trainable": COUNT_LEN,
-                     "replace_head": HEAD_WITH_WARNING, "count_after_unfreeze": "trainable_after_unfreeze = 20\n"},
-                    {"correct_freeze_all", "correct_make_optimizer", "correct_count_after_unfreeze"}),
+    # (each mistake sits in one cell; the other answers are correct, many in another honest style)
+    "keras_habit": ({"freeze_all": FREEZE_KERAS, "count_trainable": COUNT_LEN, "replace_head": HEAD_WITH_WARNING,
+                     "make_optimizer": OPTIMIZER_FILTER, "count_after_unfreeze": "trainable_after_unfreeze = 20\n"},
+                    {"correct_freeze_all", "correct_count_after_unfreeze"}),
     "typo": ({"freeze_all": FREEZE_TYPO, "make_optimizer": OPTIMIZER_FILTER, "unfreeze_last": UNFREEZE_SLICE},
              {"correct_freeze_all"}),
-    "features_only": ({"freeze_all": FREEZE_FEATURES}, {"correct_freeze_all"}),
-    "optimizer_over_all": ({"freeze_all": FREEZE_METHOD, "make_optimizer": OPTIMIZER_ALL,
-                            "count_after_head": "trainable_after_head = 158\n"},
-                           {"correct_make_optimizer", "correct_count_after_head"}),
+    "features_only_and_optimizer_over_all": ({"freeze_all": FREEZE_FEATURES, "make_optimizer": OPTIMIZER_ALL,
+                                              "count_after_head": "trainable_after_head = 158\n"},
+                                             {"correct_freeze_all", "correct_make_optimizer", "correct_count_after_head"}),
+    "freeze_by_method": ({"freeze_all": FREEZE_METHOD, "unfreeze_last": UNFREEZE_SLICE, "count_trainable": COUNT_LEN},
+                         set()),
 }
 
 
