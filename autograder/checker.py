@@ -15,7 +15,9 @@ This process (the parent) reads both notebooks and sends a child process (``auto
 through ``autograder.sandbox.wrap`` when that exists) one JSON job on stdin:
 
 * from the instructor's source notebook: the ``import``, ``def``/``class`` and literal-assignment
-  statements of its non-answer code cells, and the full source of every test cell, hidden tests included;
+  statements of its non-answer code cells (never one that binds a name an answer cell defines, so a
+  worked example cannot stand in for a missing answer), and the full source of every test cell, hidden
+  tests included (``### AUTOTEST`` cells are failed with a message: the checker does not expand them);
 * from the submission: only the top-level statements of the answer cells (matched by ``grade_id``; a
   missing answer cell counts as empty) and of cells the student added, that are ``def``, ``class``,
   ``import``/``from ... import`` or an assignment of a literal (``answer_q1 = "B"``, ``n = 3``) to plain
@@ -54,17 +56,20 @@ their top-level installation never runs); edited, deleted or duplicated test cel
 ``sys.exit``/``os._exit``/crashes (that cell fails, the rest are graded); infinite loops (per-cell and
 per-submission limits); printed or written fake verdicts (no nonce); quiz answers bound to objects that
 equal anything (``from unittest.mock import ANY as answer_q1``). An audit hook refuses to student code
-new audit hooks, direct frame and code-object access (``sys._getframe``, ``tb_frame``, ``__code__``),
-``compile``/``exec``, ``marshal``; and, while a student function is running, ``gc.get_objects``/
-``get_referrers``, ``ctypes``, ``sys.settrace``/``setprofile``, starting processes and sending signals.
-A student function that starts a thread fails the test cell that called it.
+new audit hooks, direct frame and code-object access (``sys._getframe``, ``tb_frame``, ``gi_frame``,
+``__code__``, also through ``inspect``/``traceback``/``logging`` frame helpers), ``compile``/``exec``,
+``marshal``; and, while a student function is running, ``gc.get_objects``/``get_referrers``, ``ctypes``,
+``sys.settrace``/``setprofile``, starting processes and sending signals. A student function that starts
+a thread fails the test cell that called it (and the child is replaced before the next cell).
 
 Not protected, in-process: student code runs in the same interpreter as the checks. Code that, when a
-check calls it, reaches the checker's objects by a route the audit hook does not see (for example a
-frame obtained through a library call such as ``inspect.currentframe()``, then ``f_back``/``f_locals``)
-can in principle find the nonce or rewrite objects the checks hold; so can objects the student returns
-(custom subclasses whose methods run later, ``__del__``) and patches of library classes outside the
-snapshot. A check module stays sound only if it judges through the references it captured at import and
+check calls it, obtains a frame by a route the audit hook does not see (a signal handler's ``frame``
+argument, a third-party helper that returns frames, ``__del__`` run from checker code) and then follows
+``f_back``/``f_locals`` (not audited by CPython) can in principle find the nonce and report function, or
+rewrite the snapshot or the objects the checks hold, and so forge verdicts; so can objects the student
+returns (custom subclasses whose methods run later) and patches of library state outside the snapshot
+(nested containers, C-level state). These need deliberate interpreter-level attacks, not the ordinary
+patches this course has seen. A check module stays sound only if it judges through the references it captured at import and
 on objects it built itself. Bounding what such code can reach (the course files, the network, other
 students' work) and how much time and memory it uses is the job of the OS sandbox (``autograder.sandbox``);
 without it (reported in each verdict's ``sandbox`` field) the child runs as the grading user.
@@ -464,13 +469,18 @@ def run_child(job: dict, indices: list[int], *, cell_timeout: float, deadline: f
 
 
 def parse_event(line: bytes, nonce: str) -> dict | None:
+    """The child's event on this line, or None for anything without the nonce or malformed."""
     try:
         event = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(event, dict) or not isinstance(event.get("nonce"), str):
         return None
-    return event if secrets.compare_digest(event["nonce"], nonce) else None
+    if not secrets.compare_digest(event["nonce"].encode("utf-8", "replace"), nonce.encode()):
+        return None
+    if "index" in event and (type(event["index"]) is not int):
+        return None
+    return event
 
 
 def check_submission(source_nb: Path, submitted_nb: Path, *, timeout: float = 300,
