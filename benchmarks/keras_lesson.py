@@ -60,10 +60,10 @@ def run(mode: str, save: Path | None = None) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("modes", nargs="*", choices=["normal", "quick"], default=["normal", "quick"])
+    parser.add_argument("modes", nargs="*", choices=["normal", "quick"], help="default: both")
     parser.add_argument("--save", type=Path, help="folder for the executed notebooks")
     args = parser.parse_args(argv)
-    for mode in args.modes:
+    for mode in args.modes or ["normal", "quick"]:
         run(mode, args.save)
     return 0
 
