@@ -129,8 +129,26 @@ def make_reporter(fd: int, nonce: str):
 
 
 # ---- the snapshot: everything a student could patch ----------------------------------------------------
+def make_self_restorer(module_dict: dict):
+    """A function that puts this module's globals back using only references bound as default values,
+    so that it works even when student code has replaced the helpers everything else here looks up."""
+    saved = _dict_copy(module_dict)
+
+    def restore_self(saved=saved, target=module_dict, items=dict.items, get=dict.get, setitem=dict.__setitem__,
+                     keys=dict.keys, delitem=dict.__delitem__, to_list=list, size=len, missing=MISSING):
+        for key, value in items(saved):
+            if get(target, key, missing) is not value:
+                setitem(target, key, value)
+        if size(target) != size(saved):
+            for key in to_list(keys(target)):
+                if key not in saved:
+                    delitem(target, key)
+
+    return restore_self
+
+
 def protected_modules() -> list:
-    chosen = []
+    chosen = [sys.modules[__name__]]
     for name, module in _list(_dict_items(sys.modules)):
         if not _isinstance(module, _ModuleType):
             continue
@@ -277,42 +295,39 @@ def install_audit_hook(student_tag: str):
     """Refuse to student code: new audit hooks, frame/code introspection, gc walks, ctypes, processes, signals.
 
     "Student code" = frames whose code was compiled from an answer cell (filename contains ``student_tag``).
-    Frame/code access and compile/exec are refused only when student code is the direct caller, so library
-    code a student function calls keeps working; gc, ctypes, tracing and processes are refused when any
-    student frame is on the stack.
+    Frame/code access and compile/exec are refused only when student code is the direct caller (or calls
+    a standard frame helper), so library code a student function calls keeps working; gc, ctypes, tracing
+    and processes are refused when any student frame is on the stack. Every reference the hook uses is
+    bound here, never looked up in this module's globals (which student code could rewrite).
     """
-    busy = [False]
-    marker = student_tag
 
-    def student_frame(frame, whole_stack: bool) -> bool:
-        while frame is not None:
-            filename = _code_filename(_frame_code(frame))
-            if marker in filename:
-                return True
-            if not whole_stack and not filename.endswith(FRAME_HELPERS):
-                return False
-            frame = _frame_back(frame)  # a frame helper (inspect.currentframe...): judge its caller
-        return False
-
-    def hook(event, args):
+    def hook(event, args, busy=[False], marker=student_tag, caller_events=CALLER_EVENTS, stack_events=STACK_EVENTS,
+             frame_attributes=FRAME_ATTRIBUTES, helpers=FRAME_HELPERS, size=len, kind=type, function=_FunctionType,
+             startswith=str.startswith, endswith=str.endswith, refuse=RuntimeError, getframe=sys._getframe,
+             back=_frame_back, code_of=_frame_code, filename_of=_code_filename):
         if busy[0]:
             return
         if event == "sys.addaudithook":
-            raise _RuntimeError("the checker does not allow audit hooks")
-        caller_only = event in CALLER_EVENTS or (event == "object.__getattr__" and _len(args) > 1
-                                                 and args[1] in FRAME_ATTRIBUTES)
-        if event == "object.__setattr__" and _len(args) > 1 and _type(args[0]) is _FunctionType:
+            raise refuse("the checker does not allow audit hooks")
+        caller_only = event in caller_events or (event == "object.__getattr__" and size(args) > 1
+                                                 and args[1] in frame_attributes)
+        if event == "object.__setattr__" and size(args) > 1 and kind(args[0]) is function:
             caller_only = False
             whole = True
         else:
-            whole = event in STACK_EVENTS or _str_startswith(event, "ctypes.")
+            whole = event in stack_events or startswith(event, "ctypes.")
         if not (caller_only or whole):
             return
         busy[0] = True
         try:
-            frame = _frame_back(_getframe(0))  # the Python frame that caused the event
-            if student_frame(frame, whole_stack=not caller_only):
-                raise _RuntimeError(f"the checker does not allow {event} in answer code")
+            frame = back(getframe(0))  # the Python frame that caused the event
+            while frame is not None:
+                filename = filename_of(code_of(frame))
+                if marker in filename:
+                    raise refuse(f"the checker does not allow {event} in answer code")
+                if caller_only and not endswith(filename, helpers):
+                    break
+                frame = back(frame)  # a frame helper (inspect.currentframe...): judge its caller
         finally:
             busy[0] = False
 
@@ -410,13 +425,16 @@ def main() -> None:
             setup_notes.append(f"import {name}: {_type_name(_type(error))}: {error}")
 
     # 3. snapshot, captured state, audit hook
+    restore_self = make_self_restorer(sys.modules[__name__].__dict__)
     snapshot = Snapshot(protected_modules())
+    snapshot_restore = snapshot.restore  # bound now: patching Snapshot.restore later changes nothing here
     get_state, put_state = framework_state()
     initial_state = get_state()
     builtins_saved = _dict_copy(builtins.__dict__)
 
     def restore(state=None) -> None:
-        snapshot.restore()
+        restore_self()
+        snapshot_restore()
         put_state(initial_state if state is None else state)
 
     tf_loaded = lambda: "tensorflow" in sys.modules  # noqa: E731
@@ -538,8 +556,10 @@ def main() -> None:
             finally:
                 _setitimer(signal.ITIMER_REAL, 0)
         except CellTimeout:
+            restore()
             passed, message = False, f"the test cell did not finish within {cell_timeout:g} s"
         except _BaseException as error:
+            restore()  # describe() below must be this module's own
             passed, message = False, describe(error, filename)
         restore()
         if timed_out[0]:
