@@ -60,9 +60,12 @@ def run(mode: str, save: Path | None = None) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("modes", nargs="*", choices=["normal", "quick"], help="default: both")
+    parser.add_argument("modes", nargs="*", help="normal and/or quick (default: both)")
     parser.add_argument("--save", type=Path, help="folder for the executed notebooks")
     args = parser.parse_args(argv)
+    unknown = set(args.modes) - {"normal", "quick"}
+    if unknown:
+        parser.error(f"unknown mode(s) {sorted(unknown)}: use normal and/or quick")
     for mode in args.modes or ["normal", "quick"]:
         run(mode, args.save)
     return 0
