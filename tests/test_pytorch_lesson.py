@@ -175,8 +175,6 @@ SUBMISSIONS = {
     "features_only_and_optimizer_over_all": ({"freeze_all": FREEZE_FEATURES, "make_optimizer": OPTIMIZER_ALL,
                                               "count_after_head": "trainable_after_head = 158\n"},
                                              {"correct_freeze_all", "correct_make_optimizer", "correct_count_after_head"}),
-    "freeze_by_method": ({"freeze_all": FREEZE_METHOD, "unfreeze_last": UNFREEZE_SLICE, "count_trainable": COUNT_LEN},
-                         set()),
 }
 
 
