@@ -214,6 +214,28 @@ def grade(job: dict, timings: dict) -> dict:
     return {"status": "graded", "reason": "; ".join(notes), "checks": checks}
 
 
+PRELOAD = ["nbgrader.apps", "nbgrader.api", "nbgrader.converters", "nbconvert.exporters", "jupyter_client",
+           "nbclient", "traitlets.config.loader", "autograder.grade_one"]  # imported once by the fork server
+
+
+def child_main(job_file: str, env: dict, cwd: str, log_path: str) -> None:
+    """Entry point of a child forked by the pipeline's fork server: its own session, log, environment."""
+    import os
+    import tempfile
+
+    os.setsid()
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.environ.clear()
+    os.environ.update(env)
+    tempfile.tempdir = None  # TMPDIR changed: forget the folder the fork server looked up
+    os.chdir(cwd)
+    global STARTED
+    STARTED = time.perf_counter()  # this child's own start, not the fork server's
+    sys.exit(main(job_file))
+
+
 def main(job_file: str) -> int:
     job_path = Path(job_file)
     job = json.loads(job_path.read_text())

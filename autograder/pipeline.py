@@ -15,6 +15,8 @@ from __future__ import annotations
 import csv
 import html
 import json
+import multiprocessing
+import secrets
 import os
 import shutil
 import signal
@@ -28,14 +30,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autograder import sandbox
-from autograder.grade_one import checker_available
+from autograder.grade_one import PRELOAD, checker_available, child_main
 from autograder.submissions import InstructorError, Submission, find_submissions, unpack
 
 REPO = Path(__file__).resolve().parents[1]
 GRADES_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "reason"]
 CHECKS_COLUMNS = ["student_id", "assignment", "notebook", "check", "score", "max_score", "passed", "judged_by", "message"]
 SANDBOX_KERNEL = "ftlab-sandbox"
-FIRST_UID = 62000  # job i runs as uid FIRST_UID + i (kernel and checker child alike)
+def first_uid() -> int:
+    """Job i of this run runs as uid first_uid() + i (kernel and checker child alike). A random base per run,
+    so that two runs at once (an instructor's and a benchmark) never share a uid: after each job the
+    pipeline kills every process of that job's uid."""
+    return 200_000 + secrets.randbelow(10**6) * 1000
 
 
 @dataclass
@@ -50,6 +56,7 @@ class Options:
     memory_bytes: int = sandbox.DEFAULT_MEMORY
     protected: bool = True  # sandbox + independent checker; False only for the benchmark's comparison
     keep_temp: bool = False
+    first_uid: int = field(default_factory=first_uid)
 
 
 @dataclass
@@ -123,6 +130,7 @@ def sandbox_settings(opts: Options, job: Path, workdir: Path, uid: int, hide: li
         {"argv": argv, "display_name": "Python 3 (sandboxed)", "language": "python"}, indent=1))
     return (f"\n# --- added by autograder.pipeline for this submission only ---\n"
             f"c.Execute.kernel_name = {SANDBOX_KERNEL!r}\n"
+            f"c.Execute.startup_timeout = 300  # a loaded grading machine can take more than the default 60 s\n"
             f"c.KernelManager.transport = 'ipc'  # unix sockets: the sandbox has no network at all\n"
             f"c.KernelManager.ip = {str(runtime / 'kernel')!r}  # absolute: the kernel starts elsewhere\n")
 
@@ -138,7 +146,7 @@ def prepare_job(opts: Options, root: Path, template: Path, sub: Submission, inde
     settings = ""
     if opts.cell_timeout:
         settings += f"\nc.Execute.timeout = {int(opts.cell_timeout)}\n"
-    uid = FIRST_UID + index
+    uid = opts.first_uid + index
     hide = [root, opts.submissions, opts.out]
     if opts.protected:
         workdir = course / "autograded" / sub.student_id / opts.assignment
@@ -152,6 +160,19 @@ def prepare_job(opts: Options, root: Path, template: Path, sub: Submission, inde
     return {"dir": job, "uid": uid, "spec": spec, "hide": [str(p) for p in hide]}
 
 
+_PROCESSES = []
+
+
+def grading_processes():
+    """A fork server that has imported nbgrader once: each submission still gets its own fresh process
+    (forked from it), without paying nbgrader's import time (seconds) again."""
+    if not _PROCESSES:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD + (["autograder.checker"] if checker_available() else []))
+        _PROCESSES.append(context)
+    return _PROCESSES[0]
+
+
 def run_job(opts: Options, job: dict, sub: Submission) -> Row:
     env = {**nbgrader_env(), "JUPYTER_PATH": str(job["dir"] / "jupyter"),
            "JUPYTER_RUNTIME_DIR": str(job["dir"] / "runtime"), "PYTHONDONTWRITEBYTECODE": "1"}
@@ -160,19 +181,16 @@ def run_job(opts: Options, job: dict, sub: Submission) -> Row:
         # the checker's child (autograder.checker -> sandbox.wrap) gets this job's uid, hidden paths and memory
         env.update(sandbox.job_environment(uid=job["uid"], hide=job["hide"], memory_bytes=opts.memory_bytes))
     start = time.monotonic()
-    log_file = open(job["dir"] / "worker.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "autograder.grade_one", str(job["dir"] / "job.json")],
-                            cwd=job["spec"]["course"], env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = grading_processes().Process(target=child_main, args=(
+        str(job["dir"] / "job.json"), env, job["spec"]["course"], str(job["dir"] / "worker.log")))
+    proc.start()
     try:
-        proc.wait(timeout=opts.submission_timeout)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        timed_out = True
+        proc.join(timeout=opts.submission_timeout)
+        timed_out = proc.is_alive()
+        if timed_out:
+            os.killpg(proc.pid, signal.SIGKILL)  # the child made itself a session leader: its group goes
+            proc.join()
     finally:
-        log_file.close()
         if opts.protected and sandbox.protections()["separate_user"]["active"]:
             sandbox.kill_user_processes(job["uid"])
     seconds = time.monotonic() - start
@@ -181,7 +199,7 @@ def run_job(opts: Options, job: dict, sub: Submission) -> Row:
                    " (per-submission limit)", seconds=seconds)
     result_file = job["dir"] / "result.json"
     if not result_file.exists():
-        return Row(sub.student_id, "failed", reason=f"grading process ended with code {proc.returncode}",
+        return Row(sub.student_id, "failed", reason=f"grading process ended with code {proc.exitcode}",
                    seconds=seconds)
     result = json.loads(result_file.read_text())
     row = Row(sub.student_id, result["status"], reason=result["reason"], checks=result["checks"], seconds=seconds,

@@ -89,7 +89,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--assignment", default="quiz")
     parser.add_argument("--copies", type=int, default=20)
+    parser.add_argument("--only", default="plain,jobs1,jobs2,unprotected",
+                        help="comma-separated subset of: plain, jobs1, jobs2, unprotected")
     args = parser.parse_args(argv)
+    only = set(args.only.split(","))
     n = args.copies
     with tempfile.TemporaryDirectory(prefix="ftlab-bench-") as tmp:
         root = Path(tmp)
@@ -105,18 +108,25 @@ def main(argv=None) -> int:
         shutil.copytree(REPO / "source" / args.assignment, pipeline_course / "source" / args.assignment)
         times = {}
         print(f"grading {n} copies of the {args.assignment} reference solution on {os.cpu_count()} cores", flush=True)
-        runs = [("plain nbgrader autograde (one call, sequential)", lambda: plain_nbgrader(course, args.assignment, name, nb, n)),
-                ("pipeline --jobs 1 (sandbox + checker + feedback)", lambda: pipeline(pipeline_course, args.assignment, submissions, root / "o1", 1, True)),
-                ("pipeline --jobs 2 (sandbox + checker + feedback)", lambda: pipeline(pipeline_course, args.assignment, submissions, root / "o2", 2, True)),
-                ("pipeline --jobs 2 --unprotected (feedback only)", lambda: pipeline(pipeline_course, args.assignment, submissions, root / "o3", 2, False))]
-        for label, run in runs:
-            times[label] = run()
-            print(f"  {label:52s} {times[label] / n:6.2f} s per submission ({times[label]:.0f} s total)", flush=True)
-        plain, j1, j2, unprotected = (times[label] for label, _ in runs)
-        print(f"speed-up --jobs 2 vs --jobs 1:             {j1 / j2:.2f}x")
-        print(f"speed-up --jobs 2 vs plain nbgrader:       {plain / j2:.2f}x")
-        print(f"cost of protection (sandbox + checker) at --jobs 2: {100 * (j2 / unprotected - 1):+.0f}% "
-              f"per submission vs the unprotected pipeline")
+        runs = [("plain", "plain nbgrader autograde (one call, sequential)", lambda: plain_nbgrader(course, args.assignment, name, nb, n)),
+                ("jobs1", "pipeline --jobs 1 (sandbox + checker + feedback)", lambda: pipeline(pipeline_course, args.assignment, submissions, root / "o1", 1, True)),
+                ("jobs2", "pipeline --jobs 2 (sandbox + checker + feedback)", lambda: pipeline(pipeline_course, args.assignment, submissions, root / "o2", 2, True)),
+                ("unprotected", "pipeline --jobs 2 --unprotected (feedback only)", lambda: pipeline(pipeline_course, args.assignment, submissions, root / "o3", 2, False))]
+        for key, label, run in runs:
+            if key in only:
+                times[key] = run()
+                print(f"  {label:52s} {times[key] / n:6.2f} s per submission ({times[key]:.0f} s total)", flush=True)
+        for out, key in (("o1", "jobs1"), ("o2", "jobs2"), ("o3", "unprotected")):
+            if key in times:
+                steps = json.loads((root / out / "run.json").read_text())["mean_step_seconds"]
+                print(f"  {key}: mean seconds per step in a grading child: {steps}")
+        if {"jobs1", "jobs2"} <= set(times):
+            print(f"speed-up --jobs 2 vs --jobs 1:             {times['jobs1'] / times['jobs2']:.2f}x")
+        if {"plain", "jobs2"} <= set(times):
+            print(f"speed-up --jobs 2 vs plain nbgrader:       {times['plain'] / times['jobs2']:.2f}x")
+        if {"jobs2", "unprotected"} <= set(times):
+            print(f"cost of protection (sandbox + checker) at --jobs 2: {100 * (times['jobs2'] / times['unprotected'] - 1):+.0f}% "
+                  f"per submission vs the unprotected pipeline")
         with open(os.environ.get("FTLAB_BENCH_JSON", os.devnull), "w") as f:
             json.dump({"assignment": args.assignment, "copies": n, "seconds": times}, f, indent=1)
     return 0
