@@ -14,10 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
 
+FIXTURES = "tests/fixtures/"  # student submissions kept as they were handed in (damaged on purpose)
+
+
 def tracked_notebooks(root: Path = ROOT) -> list[Path]:
-    out = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=root, capture_output=True, text=True).stdout
+    """The course's notebooks: source/ and release/ on disk, and any other notebook git tracks."""
+    out = subprocess.run(["git", "ls-files", "-z", "*.ipynb"], cwd=root, capture_output=True, text=True).stdout
+    in_git = {root / name for name in out.split("\0") if name and not name.startswith(FIXTURES)}
     on_disk = {p for d in ("source", "release") for p in (root / d).rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts}
-    return sorted(on_disk | {root / line for line in out.split()})
+    return sorted(on_disk | in_git)
 
 
 def problems(nb: dict) -> list[str]:
