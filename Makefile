@@ -28,7 +28,7 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 lab: env
-	$(BIN)/jupyter lab --notebook-dir=$(CURDIR)
+	$(BIN)/jupyter lab --notebook-dir=$(CURDIR) $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: env
 	$(BIN)/python -m pytest

@@ -1,6 +1,7 @@
 """A student's JupyterLab: the real server starts on the course, shows the lessons, and its nbgrader
 Validate button (the validate_assignment server extension) runs the course's nbgrader config."""
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -38,8 +39,9 @@ def lab(tmp_path):
     shutil.copytree(REPO / "release", course / "release")
     port = free_port()
     jupyter = Path(sys.executable).parent / "jupyter"
+    as_root = ["--allow-root"] if os.geteuid() == 0 else []  # as `make lab` does
     proc = subprocess.Popen([str(jupyter), "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-                             f"--IdentityProvider.token={TOKEN}", f"--notebook-dir={course}"],
+                             f"--IdentityProvider.token={TOKEN}", f"--notebook-dir={course}", *as_root],
                             cwd=course, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(120):
