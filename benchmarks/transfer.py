@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 
 HEAD_EPOCHS, FINE_EPOCHS, BATCH = 20, 10, 10
 HEAD_LR, FINE_LR = 1e-3, 1e-5
