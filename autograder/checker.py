@@ -92,6 +92,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autograder import checker_server
+
 CELL_TIMEOUT = 180.0          # seconds per test cell (nbgrader_config.py's Execute.timeout)
 KILL_GRACE = 5.0              # the child's own soft limit fires first; the parent kills this much later
 MAX_RELAUNCHES = 8            # new child processes after a death or a killed cell, per submission
@@ -310,6 +312,15 @@ def build_job(source_nb: dict, submitted_nb: dict | None) -> dict:
     return {"program": program, "tests": tests, "preload": ordered}
 
 
+def preload_for(source_notebooks: list[Path]) -> list[str]:
+    """The modules a checker server should import once for these instructor notebooks (what every check
+    of them imports before any student code)."""
+    modules = []
+    for path in source_notebooks:
+        modules += [m for m in build_job(read_notebook(Path(path)), None)["preload"] if m not in modules]
+    return modules
+
+
 # ---- running the child ----------------------------------------------------------------------------------
 def sandbox_wrapper():
     """``(wrap, description)``: autograder.sandbox.wrap when the pipeline provides it, else (None, why not)."""
@@ -348,26 +359,43 @@ def describe_exit(code: int | None) -> str:
     return f"exited with status {code} (sys.exit/os._exit or a crash in the code under test)"
 
 
-def run_child(job: dict, indices: list[int], *, cell_timeout: float, deadline: float, wrap, workdir: Path) -> Run:
-    """Start one child for the test cells ``indices`` and collect its verdicts until it ends."""
+def run_child(job: dict, indices: list[int], *, cell_timeout: float, deadline: float, wrap, workdir: Path,
+              server: str | None = None) -> Run:
+    """Start one child for the test cells ``indices`` and collect its verdicts until it ends.
+
+    With ``server`` (a checker server's socket) and a sandbox, the child is forked by that server (its
+    imports already done); otherwise it is a fresh ``python -I -m autograder.checker_child``, through
+    ``wrap`` when there is one. Either way it is confined the same way and speaks the same protocol.
+    """
     nonce = secrets.token_hex(16)
     read_fd, write_fd = os.pipe()
     argv = [sys.executable, "-I", "-m", "autograder.checker_child"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != checker_server.SERVER_VARIABLE}
     env.update(NBGRADER_EXECUTION="autograde", MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="2")
+    spec = None
     if wrap is not None:
         argv = wrap(argv, workdir=workdir)
+        if server is not None and checker_server.supported():
+            from autograder import sandbox
+            spec = sandbox.make_spec(workdir=workdir)
     payload = json.dumps({**job, "run": indices, "nonce": nonce, "verdict_fd": write_fd,
                           "cell_timeout": cell_timeout}).encode()
     run = Run()
-    try:
-        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 pass_fds=(write_fd,), cwd=workdir, env=env, start_new_session=True)
-    except OSError as error:
-        os.close(read_fd)
-        os.close(write_fd)
-        run.ended = f"could not be started: {error}"
-        return run
+    child = None
+    if server is not None and spec is not None:
+        try:
+            child = checker_server.launch(server, payload, verdict_fd=write_fd, env=env, sandbox_spec=spec)
+        except OSError as error:  # e.g. the server died: this check still runs, the slow way
+            print(f"checker: {error}; starting a fresh interpreter instead", file=sys.stderr, flush=True)
+    if child is None:
+        try:
+            child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     pass_fds=(write_fd,), cwd=workdir, env=env, start_new_session=True)
+        except OSError as error:
+            os.close(read_fd)
+            os.close(write_fd)
+            run.ended = f"could not be started: {error}"
+            return run
     os.close(write_fd)
     stderr_tail = bytearray()
 
@@ -377,6 +405,8 @@ def run_child(job: dict, indices: list[int], *, cell_timeout: float, deadline: f
             del stderr_tail[:-STDERR_TAIL]
 
     def feed_stdin():
+        if child.stdin is None:  # a forked child got its job from the server's request
+            return
         try:
             child.stdin.write(payload)
             child.stdin.close()
@@ -455,7 +485,7 @@ def run_child(job: dict, indices: list[int], *, cell_timeout: float, deadline: f
             code = child.wait(timeout=30)
         except subprocess.TimeoutExpired:
             child.kill()
-            code = child.wait()
+            code = child.wait(timeout=30)
         os.close(read_fd)
         for helper in helpers:
             helper.join(timeout=5)
@@ -484,13 +514,16 @@ def parse_event(line: bytes, nonce: str) -> dict | None:
 
 
 def check_submission(source_nb: Path, submitted_nb: Path, *, timeout: float = 300,
-                     cell_timeout: float | None = None) -> dict[str, dict]:
+                     cell_timeout: float | None = None, server: str | None = None) -> dict[str, dict]:
     """Verdicts ``{grade_id: {"passed", "message", "sandbox"}}`` for every graded test cell of ``source_nb``.
 
     ``timeout`` bounds the whole submission (seconds, child start-up included); ``cell_timeout`` each test
     cell (default: ``CELL_TIMEOUT``, never more than ``timeout``). A submission that is not a readable
     notebook fails every cell with the reason. Raises NotebookError only if the SOURCE cannot be read.
+    ``server``: the socket of a running ``autograder.checker_server`` (default: $FTLAB_CHECKER_SERVER, which
+    the grading pipeline sets); without one, each check starts a fresh interpreter.
     """
+    server = server or os.environ.get(checker_server.SERVER_VARIABLE) or None
     source = read_notebook(Path(source_nb))
     ids = graded_test_ids(source)
     wrap, sandbox = sandbox_wrapper()
@@ -524,7 +557,8 @@ def check_submission(source_nb: Path, submitted_nb: Path, *, timeout: float = 30
                 results.update({i: (False, why) for i in pending})
                 break
             launches += 1
-            run = run_child(job, pending, cell_timeout=cell_limit, deadline=deadline, wrap=wrap, workdir=workdir)
+            run = run_child(job, pending, cell_timeout=cell_limit, deadline=deadline, wrap=wrap, workdir=workdir,
+                            server=server)
             results.update(run.verdicts)
             if run.done:
                 continue

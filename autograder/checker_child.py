@@ -399,26 +399,40 @@ def student_function(value, student_tag: str) -> bool:
 
 
 # ---- main -----------------------------------------------------------------------------------------------
+def import_order(preload: list[str]) -> list[str]:
+    """``preload`` in a safe order: the torch family first (torchvision after TensorFlow crashes Python)."""
+    ordered = [m for m in preload if m.startswith(TORCH_FAMILY)] + \
+              [m for m in preload if not m.startswith(TORCH_FAMILY + TF_FAMILY)] + \
+              [m for m in preload if m.startswith(TF_FAMILY) and not m.startswith(TORCH_FAMILY)]
+    if any(m.startswith(TORCH_FAMILY) for m in ordered) and any(m.startswith(TF_FAMILY) for m in ordered):
+        ordered.insert(0, "torchvision")
+    return ordered
+
+
+import_module = _import_module  # for the fork server (autograder.checker_server), which preloads
+
+
 def main() -> None:
+    """``python -I -m autograder.checker_child``: the job comes on stdin."""
     job = _json_loads(sys.stdin.buffer.read().decode())
     devnull = os.open(os.devnull, os.O_RDONLY)
     _os_dup2(devnull, 0)
     _os_close(devnull)
+    run(job)
+
+
+def run(job: dict) -> None:
+    """Judge one job (steps 1-5 above) and end the process. Also entered in a child forked by the checker
+    server, whose imports are then already done."""
     report = make_reporter(job.pop("verdict_fd"), job.pop("nonce"))
     student_tag = job["student_tag"]
     if sys.flags.optimize:
         report("fatal", message="the checker must run without -O (assert statements would vanish)")
         _os_exit(3)
 
-    # 2. frameworks and check modules, torch family first
-    preload = job["preload"]
-    ordered = [m for m in preload if m.startswith(TORCH_FAMILY)] + \
-              [m for m in preload if not m.startswith(TORCH_FAMILY + TF_FAMILY)] + \
-              [m for m in preload if m.startswith(TF_FAMILY) and not m.startswith(TORCH_FAMILY)]
-    if any(m.startswith(TORCH_FAMILY) for m in ordered) and any(m.startswith(TF_FAMILY) for m in ordered):
-        ordered.insert(0, "torchvision")
+    # 2. frameworks and check modules, torch family first (already imported in a fork server's child)
     setup_notes = []
-    for name in ordered:
+    for name in import_order(job["preload"]):
         try:
             _import_module(name)
         except Exception as error:  # a missing optional module: the test cells that need it will fail

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autograder import sandbox
+from autograder import checker_server, sandbox
 from autograder.grade_one import PRELOAD, checker_available, child_main
 from autograder.submissions import InstructorError, Submission, find_submissions, unpack
 
@@ -160,6 +160,17 @@ def prepare_job(opts: Options, root: Path, template: Path, sub: Submission, inde
     return {"dir": job, "uid": uid, "spec": spec, "hide": [str(p) for p in hide]}
 
 
+def start_checker_server(opts: Options, root: Path, template: Path) -> checker_server.CheckerServer:
+    """One checker fork server for the run: it imports what the assignment's checks need once, and forks a
+    fresh, sandboxed checker process for every check (autograder/checker_server.py)."""
+    from autograder.checker import preload_for
+
+    folder = root / "checker-server"
+    folder.mkdir(mode=0o700)
+    preload = preload_for(sorted((template / "source" / opts.assignment).glob("*.ipynb")))
+    return checker_server.CheckerServer.start(preload, folder)
+
+
 _PROCESSES = []
 
 
@@ -180,6 +191,8 @@ def run_job(opts: Options, job: dict, sub: Submission) -> Row:
         env["TMPDIR"] = str(job["dir"] / "runtime")
         # the checker's child (autograder.checker -> sandbox.wrap) gets this job's uid, hidden paths and memory
         env.update(sandbox.job_environment(uid=job["uid"], hide=job["hide"], memory_bytes=opts.memory_bytes))
+        if job.get("checker_server"):
+            env[checker_server.SERVER_VARIABLE] = job["checker_server"]
     start = time.monotonic()
     proc = grading_processes().Process(target=child_main, args=(
         str(job["dir"] / "job.json"), env, job["spec"]["course"], str(job["dir"] / "worker.log")))
@@ -266,6 +279,7 @@ def grade(opts: Options) -> int:
     check_paths(opts)
     root = Path(tempfile.mkdtemp(prefix="ftlab-grade-"))
     os.chmod(root, 0o700)
+    server = None
     try:
         folder = opts.submissions
         if folder.is_file():
@@ -287,6 +301,10 @@ def grade(opts: Options) -> int:
                 rows[sub.student_id] = Row(sub.student_id, "failed", reason=sub.problem)
             else:
                 todo.append((sub, prepare_job(opts, root, template, sub, i)))
+        if use_checker and todo and checker_server.supported():
+            server = start_checker_server(opts, root, template)
+            for _, job in todo:
+                job["checker_server"] = str(server.socket_path)
         start, done, lock = time.monotonic(), len(rows), threading.Lock()
         with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
             futures = {pool.submit(run_job, opts, job, sub): sub for sub, job in todo}
@@ -315,6 +333,8 @@ def grade(opts: Options) -> int:
             f"{mode}; wrote {opts.out / 'grades.csv'}")
         return 0
     finally:
+        if server is not None:
+            server.stop()
         if opts.keep_temp:
             log(f"kept temporary courses in {root}")
         else:

@@ -31,6 +31,10 @@ connection file, which jupyter_client writes with mode 600). No extra environmen
 run the argv with ``cwd=workdir`` (or anywhere) and the environment you want the code to see; the helper
 keeps only a short list of harmless variables (``PATH``, ``LANG``, ``FTLAB_*``, ``NBGRADER_EXECUTION``,
 thread settings) and sets ``HOME``/``MPLCONFIGDIR``/``KERAS_HOME`` inside ``workdir``.
+
+The other way in, ``fork_confined(spec, run)`` (after ``enter_namespaces()``), gives a Python function the
+same confinement in a forked child, for a process that has already imported what the code needs (the
+checker's fork server, ``autograder.checker_server``): no interpreter start, no imports per submission.
 """
 from __future__ import annotations
 
@@ -97,7 +101,7 @@ def summary(active: dict | None = None) -> str:
 
 
 # ----------------------------------------------------------------------------- building the command
-JOB_VARIABLES = ("FTLAB_SANDBOX_UID", "FTLAB_SANDBOX_HIDE", "FTLAB_SANDBOX_MEMORY")
+JOB_VARIABLES = ("FTLAB_SANDBOX_UID", "FTLAB_SANDBOX_HIDE", "FTLAB_SANDBOX_MEMORY", "FTLAB_CHECKER_SERVER")
 
 
 def job_environment(*, uid: int, hide: list, memory_bytes: int) -> dict:
@@ -105,6 +109,23 @@ def job_environment(*, uid: int, hide: list, memory_bytes: int) -> dict:
     uid, hidden paths and memory limit."""
     return {"FTLAB_SANDBOX_UID": str(uid), "FTLAB_SANDBOX_HIDE": os.pathsep.join(map(str, hide)),
             "FTLAB_SANDBOX_MEMORY": str(memory_bytes)}
+
+
+def make_spec(*, workdir: Path, memory_bytes: int | None = None, cpu_seconds: int = DEFAULT_CPU_SECONDS,
+              processes: int = DEFAULT_PROCESSES, uid: int | None = None, hide: tuple = (), keep: tuple = ()) -> dict:
+    """What ``wrap`` and ``fork_confined`` confine code to (see ``wrap`` for the arguments).
+
+    Defaults for uid, memory and extra hidden paths come from FTLAB_SANDBOX_UID / _MEMORY / _HIDE when set
+    (the grading pipeline sets them for each job), else DEFAULT_UID and DEFAULT_MEMORY.
+    """
+    if uid is None:
+        uid = int(os.environ.get("FTLAB_SANDBOX_UID", DEFAULT_UID))
+    if memory_bytes is None:
+        memory_bytes = int(os.environ.get("FTLAB_SANDBOX_MEMORY", DEFAULT_MEMORY))
+    hide = (*hide, *[p for p in os.environ.get("FTLAB_SANDBOX_HIDE", "").split(os.pathsep) if p])
+    return {"workdir": str(Path(workdir).resolve()), "memory": int(memory_bytes), "cpu": int(cpu_seconds),
+            "processes": int(processes), "uid": int(uid), "keep": [str(Path(p).resolve()) for p in keep],
+            "hide": [str(Path(p).resolve()) for p in hide]}
 
 
 def wrap(argv: list[str], *, workdir: Path, memory_bytes: int | None = None,
@@ -119,17 +140,10 @@ def wrap(argv: list[str], *, workdir: Path, memory_bytes: int | None = None,
     uid: use a different uid per concurrent job so that jobs cannot signal each other or share a
          process limit.
     No env/preexec_fn needed; run the result as root for every protection (``protections()``).
-    Defaults for uid, memory and extra hidden paths come from FTLAB_SANDBOX_UID / _MEMORY / _HIDE when set
-    (the grading pipeline sets them for each job), else DEFAULT_UID and DEFAULT_MEMORY.
+    Defaults: see ``make_spec``.
     """
-    if uid is None:
-        uid = int(os.environ.get("FTLAB_SANDBOX_UID", DEFAULT_UID))
-    if memory_bytes is None:
-        memory_bytes = int(os.environ.get("FTLAB_SANDBOX_MEMORY", DEFAULT_MEMORY))
-    hide = (*hide, *[p for p in os.environ.get("FTLAB_SANDBOX_HIDE", "").split(os.pathsep) if p])
-    spec = {"workdir": str(Path(workdir).resolve()), "memory": int(memory_bytes), "cpu": int(cpu_seconds),
-            "processes": int(processes), "uid": int(uid), "keep": [str(Path(p).resolve()) for p in keep],
-            "hide": [str(Path(p).resolve()) for p in hide]}
+    spec = make_spec(workdir=workdir, memory_bytes=memory_bytes, cpu_seconds=cpu_seconds, processes=processes,
+                     uid=uid, hide=hide, keep=keep)
     blob = base64.urlsafe_b64encode(json.dumps(spec).encode()).decode()
     helper = [sys.executable, "-I", "-S", str(Path(__file__).resolve()), "enter", blob]
     for path in give:
@@ -230,8 +244,9 @@ def _drop_privileges(uid: int) -> None:
     os.setresuid(uid, uid, uid)
 
 
-def _environment(workdir: str) -> dict:
-    env = {k: v for k, v in os.environ.items()
+def _environment(workdir: str, base: dict | None = None) -> dict:
+    base = os.environ if base is None else base
+    env = {k: v for k, v in base.items()
            if (k in ENV_KEPT or k.startswith(ENV_PREFIXES_KEPT)) and k not in JOB_VARIABLES}
     env.update(HOME=workdir, USER="student", LOGNAME="student", TMPDIR="/tmp",
                MPLCONFIGDIR=os.path.join(workdir, ".matplotlib"), KERAS_HOME=os.path.join(workdir, ".keras"),
@@ -239,16 +254,15 @@ def _environment(workdir: str) -> dict:
     return env
 
 
-def enter(argv: list[str]) -> None:
-    """``enter SPEC [--give FILE]... -- ARGV``: set up the view, limits and user, then exec ARGV."""
-    spec = json.loads(base64.urlsafe_b64decode(argv[0]))
-    rest, give = argv[1:], []
-    while rest and rest[0] == "--give":
-        give.append(rest[1])
-        rest = rest[2:]
-    command = rest[1:] if rest[:1] == ["--"] else rest
+def confine(spec: dict, give: tuple = (), base_env: dict | None = None) -> dict:
+    """Confine THIS process as ``spec`` says; returns the environment the confined code should get.
+
+    As root and pid 1 of fresh namespaces: the private view. Then the working folder, the ``give`` files,
+    the limits and, as root, the switch to the sandbox user. Used by both ways in: ``enter`` (then exec)
+    and ``fork_confined`` (then a Python function).
+    """
     root = _is_root()
-    if root and os.getpid() == 1:  # inside unshare: a fresh pid (and mount, network) namespace
+    if root and os.getpid() == 1:  # inside fresh pid (and mount, network) namespaces
         _build_view(spec)
     else:
         os.makedirs(spec["workdir"], exist_ok=True)
@@ -261,7 +275,72 @@ def enter(argv: list[str]) -> None:
     _limit(spec)
     if root:
         _drop_privileges(spec["uid"])
-    os.execvpe(command[0], command, _environment(spec["workdir"]))
+    return _environment(spec["workdir"], base_env)
+
+
+def enter(argv: list[str]) -> None:
+    """``enter SPEC [--give FILE]... -- ARGV``: set up the view, limits and user, then exec ARGV."""
+    spec = json.loads(base64.urlsafe_b64decode(argv[0]))
+    rest, give = argv[1:], []
+    while rest and rest[0] == "--give":
+        give.append(rest[1])
+        rest = rest[2:]
+    command = rest[1:] if rest[:1] == ["--"] else rest
+    os.execvpe(command[0], command, confine(spec, tuple(give)))
+
+
+# ----------------------------------------------------------------------------- the other way in: fork
+# A process that has already imported what the code needs (the checker's fork server: torch, TensorFlow)
+# forks instead of exec'ing a fresh interpreter. Same confinement, minus the interpreter start and imports.
+_CLONE_NEWNS, _CLONE_NEWNET, _CLONE_NEWPID = 0x00020000, 0x40000000, 0x20000000
+_MS_NOEXEC, _MS_PRIVATE = 8, 1 << 18
+_PR_SET_PDEATHSIG = 1
+
+
+def enter_namespaces() -> bool:
+    """``unshare --mount --net --pid --propagation private`` for THIS process, when ``protections()`` has
+    them: its next child is pid 1 of a fresh pid namespace (this process stays where it was and can no
+    longer start threads). Returns whether it did; raises OSError if the kernel refuses."""
+    if not _unshare_works()[0]:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWPID) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare: {os.strerror(err)}")
+    _mount("none", "/", None, _MS_REC | _MS_PRIVATE)
+    return True
+
+
+def fork_confined(spec: dict, run, base_env: dict | None = None) -> int:
+    """Fork a child that runs ``run()`` confined like ``enter`` confines a program; returns its pid.
+
+    After ``enter_namespaces()`` the child is pid 1 of the fresh namespaces: it mounts its own /proc and
+    builds the private view. It gets the environment ``confine`` gives (from ``base_env``), dies with
+    this process (parent-death signal, set after the user switch, which would clear it) and never
+    returns: ``run`` should end with ``os._exit``; an exception ends the child with status 70.
+    """
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        if os.getpid() == 1:
+            _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+        env = confine(spec, base_env=base_env)
+        os.environ.clear()
+        os.environ.update(env)
+        import tempfile
+        tempfile.tempdir = None
+        import signal
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent and os.getpid() != 1:
+            os._exit(71)  # the parent is already gone
+        run()
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+    finally:
+        os._exit(70)
 
 
 def kill_user_processes(uid: int) -> int:

@@ -6,19 +6,26 @@ Hostile and honest submissions live in tests/fixtures/hostile/*.py: a header nam
 then ``# %% <grade_id>`` sections hold the student's answer cells. ``# %% +`` adds a cell, ``# %% test:ID``
 overwrites the submission's copy of a test cell, ``# %% duplicate:ID`` / ``# %% delete:ID`` duplicate or
 delete one. The lessons' own reference and blank notebooks are checked when the lessons are released.
+
+Checks run as the grading pipeline runs them: forked by a checker server (autograder/checker_server.py)
+that imported the frameworks once. A few run the other way too (a fresh interpreter per check, what
+``python -m autograder.checker`` and non-Linux machines use), and both ways are shown to be confined.
 """
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, make_course, nbgrader
 
-from autograder.checker import check_submission, choose_statements
+from autograder import checker_server, sandbox
+from autograder.checker import check_submission, choose_statements, preload_for
 
 HOSTILE = Path(__file__).parent / "fixtures" / "hostile"
 CELL_TIMEOUT = 4  # seconds per test cell in these toy notebooks (their honest cells take milliseconds)
@@ -84,6 +91,23 @@ def fixtures(lessons: bool = False) -> list[Path]:
     return sorted(p for p in HOSTILE.glob("*.py") if p.name.startswith("lesson_") == lessons)
 
 
+LESSON_SOURCES = [REPO / "source" / a / n for a, n in (("quiz", "quiz.ipynb"),
+                   ("pytorch_lesson", "fine_tuning_pytorch.ipynb"), ("keras_lesson", "fine_tuning_keras.ipynb"))]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One checker server for this module, preloaded for the toys and the lessons (torch and TensorFlow)."""
+    if not checker_server.supported():
+        yield None
+        return
+    folder = tmp_path_factory.mktemp("checker-server")
+    os.chmod(folder, 0o700)
+    preload = preload_for([HOSTILE / "toy_python.ipynb", HOSTILE / "toy_torch.ipynb", *LESSON_SOURCES])
+    with checker_server.running(preload, folder) as running:
+        yield str(running.socket_path)
+
+
 def verdicts_for(nb: dict, toy: str, tmp_path: Path, **kwargs) -> dict:
     submitted = tmp_path / "submitted.ipynb"
     submitted.write_text(json.dumps(nb))
@@ -119,12 +143,14 @@ def test_ipython_syntax_in_an_answer_cell_does_not_hide_its_definitions():
 
 
 # ---- the toy notebooks: reference and blank -------------------------------------------------------------------
+@pytest.mark.parametrize("way", ["server", "fresh interpreter"])
 @pytest.mark.parametrize("toy", ["toy_python", "toy_torch"])
-def test_reference_passes_and_blank_fails_every_cell(toy, tmp_path):
+def test_reference_passes_and_blank_fails_every_cell(toy, way, server, tmp_path):
     source = json.loads((HOSTILE / f"{toy}.ipynb").read_text())
-    reference = verdicts_for(source, toy, tmp_path)
+    chosen = server if way == "server" else None
+    reference = verdicts_for(source, toy, tmp_path, server=chosen)
     assert reference and all(v["passed"] for v in reference.values()), reference
-    blank = verdicts_for(student_version(source), toy, tmp_path)
+    blank = verdicts_for(student_version(source), toy, tmp_path, server=chosen)
     assert set(blank) == set(reference)
     assert not any(v["passed"] for v in blank.values()), blank
     assert all("NotImplementedError" in v["message"] or "not defined" in v["message"] for v in blank.values()), blank
@@ -132,9 +158,9 @@ def test_reference_passes_and_blank_fails_every_cell(toy, tmp_path):
 
 # ---- hostile and honest fixtures --------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", fixtures(), ids=lambda p: p.stem)
-def test_fixture_gets_exactly_what_its_honest_work_deserves(path, tmp_path):
+def test_fixture_gets_exactly_what_its_honest_work_deserves(path, server, tmp_path):
     fixture = parse_fixture(path)
-    verdicts = verdicts_for(build_submission(fixture), fixture["toy"], tmp_path)
+    verdicts = verdicts_for(build_submission(fixture), fixture["toy"], tmp_path, server=server)
     assert outcome(verdicts) == fixture["expect"], f"{fixture['what']}: {json.dumps(verdicts, indent=1)}"
     for gid, verdict in verdicts.items():
         if not verdict["passed"]:
@@ -143,9 +169,18 @@ def test_fixture_gets_exactly_what_its_honest_work_deserves(path, tmp_path):
         assert part.replace("CELL_TIMEOUT", f"{CELL_TIMEOUT:g}") in verdicts[gid]["message"], verdicts[gid]
 
 
-def test_ignored_statements_are_named_in_a_failing_verdict(tmp_path):
+@pytest.mark.parametrize("name", ["os_exit_in_function", "thread_patcher", "fake_verdicts", "torch_code_swap",
+                                  "infinite_loop"])
+def test_without_a_server_the_same_verdicts(name, tmp_path):
+    """The fresh-interpreter way (no server) judges the attacks that end or taint the child the same way."""
+    fixture = parse_fixture(HOSTILE / f"{name}.py")
+    verdicts = verdicts_for(build_submission(fixture), fixture["toy"], tmp_path, server=None)
+    assert outcome(verdicts) == fixture["expect"], f"{fixture['what']}: {json.dumps(verdicts, indent=1)}"
+
+
+def test_ignored_statements_are_named_in_a_failing_verdict(server, tmp_path):
     nb = build_submission({"toy": "toy_python", "sections": [["q1", 'answer_q1 = "b".upper()']]})
-    verdicts = verdicts_for(nb, "toy_python", tmp_path)
+    verdicts = verdicts_for(nb, "toy_python", tmp_path, server=server)
     assert not verdicts["correct_q1"]["passed"]
     assert 'answer_q1 = "b".upper()' in verdicts["correct_q1"]["message"], verdicts["correct_q1"]
 
@@ -158,11 +193,11 @@ def test_unreadable_submission_fails_every_cell_with_the_reason(tmp_path):
     assert all(not v["passed"] and "not a readable notebook" in v["message"] for v in verdicts.values())
 
 
-def test_submission_time_limit_fails_the_cells_it_did_not_reach(tmp_path):
+def test_submission_time_limit_fails_the_cells_it_did_not_reach(server, tmp_path):
     nb = build_submission(parse_fixture(HOSTILE / "infinite_loop.py"))
     submitted = tmp_path / "loop.ipynb"
     submitted.write_text(json.dumps(nb))
-    verdicts = check_submission(HOSTILE / "toy_python.ipynb", submitted, timeout=6, cell_timeout=30)
+    verdicts = check_submission(HOSTILE / "toy_python.ipynb", submitted, timeout=6, cell_timeout=30, server=server)
     assert verdicts["correct_q1"]["passed"]
     assert not verdicts["correct_total"]["passed"] and not verdicts["correct_count_long"]["passed"]
     assert "time limit" in verdicts["correct_count_long"]["message"], verdicts
@@ -211,13 +246,77 @@ def lesson_submission(fixture: dict) -> tuple[Path, dict, dict]:
 
 
 @pytest.mark.parametrize("path", fixtures(lessons=True), ids=lambda p: p.stem)
-def test_lesson_attacks_get_exactly_what_their_honest_work_deserves(path, tmp_path):
+def test_lesson_attacks_get_exactly_what_their_honest_work_deserves(path, server, tmp_path):
     """Per lesson, one submission: reference answers except the attacked cells, which must fail while every
     other cell passes (a blank notebook failing every cell is measured by benchmarks/checker.py)."""
     fixture = parse_fixture(path)
     source, nb, expected = lesson_submission(fixture)
     submitted = tmp_path / "submitted.ipynb"
     submitted.write_text(json.dumps(nb))
-    verdicts = check_submission(source, submitted)
+    verdicts = check_submission(source, submitted, server=server)
     wrong = {gid: v["message"][:300] for gid, v in verdicts.items() if v["passed"] != expected[gid]}
     assert set(verdicts) == set(expected) and not wrong, f"{fixture['what']}: {wrong}"
+
+
+# ---- the checker's own process: confined, whichever way it starts --------------------------------------------
+def confinement_notebook(port: int, secret: Path) -> dict:
+    """An instructor notebook whose one test cell passes only where the checker process is confined."""
+    def cell(grade_id, source, **flags):
+        meta = {"grade": False, "grade_id": grade_id, "locked": True, "schema_version": 3, "solution": False,
+                "task": False, **flags}
+        if flags.get("grade"):
+            meta["points"] = 1
+        return {"cell_type": "code", "execution_count": None, "metadata": {"nbgrader": meta}, "outputs": [],
+                "source": source}
+    test = f"""
+import os, socket
+assert os.getuid() != 0, "the checker runs as root"
+for path in [{str(REPO / "nbgrader_config.py")!r}, {str(REPO / "source" / "quiz" / "quiz.ipynb")!r}, {str(secret)!r}]:
+    try:
+        open(path).read()
+    except OSError:
+        continue
+    raise AssertionError("read " + path)
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=3)
+    raise AssertionError("reached the host's loopback")
+except OSError:
+    pass
+assert len([p for p in os.listdir("/proc") if p.isdigit()]) < 5, "sees the host's processes"
+"""
+    return {"cells": [cell("answer", "### BEGIN SOLUTION\nx = 1\n### END SOLUTION", solution=True, locked=False),
+                      cell("confined", test, grade=True)],
+            "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+            "nbformat": 4, "nbformat_minor": 5}
+
+
+@pytest.mark.skipif(not all(v["active"] for v in sandbox.protections().values()), reason="needs every protection (root)")
+@pytest.mark.parametrize("way", ["server", "fresh interpreter"])
+def test_the_checker_process_is_confined(way, server, tmp_path, monkeypatch):
+    secret = tmp_path / "submissions" / "answers.txt"
+    secret.parent.mkdir()
+    secret.write_text("42")
+    os.chmod(tmp_path, 0o755)
+    monkeypatch.setenv("FTLAB_SANDBOX_HIDE", str(secret.parent))  # as the pipeline hides the submissions
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    source = tmp_path / "confined.ipynb"
+    source.write_text(json.dumps(confinement_notebook(listener.getsockname()[1], secret)))
+    try:
+        verdicts = check_submission(source, source, server=server if way == "server" else None)
+    finally:
+        listener.close()
+    assert verdicts["confined"]["passed"], verdicts
+
+
+@pytest.mark.skipif(not checker_server.supported(), reason="the checker server needs Linux")
+def test_the_server_survives_bad_requests_and_a_dead_server_is_not_fatal(server, tmp_path):
+    for junk in (b"", b"GET / HTTP/1.0\r\n\r\n", b"FTLAB-CHECK-1" + b"\xff" * 100):
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.connect(server)
+            conn.sendall(junk)
+    source = json.loads((HOSTILE / "toy_python.ipynb").read_text())
+    assert all(v["passed"] for v in verdicts_for(source, "toy_python", tmp_path, server=server).values())
+    missing = str(tmp_path / "no-server.sock")  # e.g. the server died: the check starts a fresh interpreter
+    assert all(v["passed"] for v in verdicts_for(source, "toy_python", tmp_path, server=missing).values())

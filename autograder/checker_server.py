@@ -1,0 +1,336 @@
+"""A fork server for the independent checker: frameworks imported once per grading run, a fresh child per check.
+
+    with CheckerServer.start(preload_for([source_nb]), folder=private_dir) as server:
+        check_submission(source_nb, submitted_nb, server=server.socket_path)
+
+The checker's child (``autograder.checker_child``) needs torch and torchvision (about 3 s of imports here)
+or TensorFlow (about 8 s) before it can judge anything, and it used to import them again for every
+submission. This server imports them once; each check still runs in its own new process, forked from
+the server's clean state, so what one submission's code does never reaches another's.
+
+Who does what (Linux; elsewhere ``supported()`` is False and the checker starts ``python -m
+autograder.checker_child`` per check, as before):
+
+* the **server** (``serve``) binds a unix socket (mode 600, in a folder only the grading user can enter),
+  imports the modules, then only accepts connections and forks one **supervisor** per connection. It
+  never reads what clients send, never runs student code, and exits when its stdin closes (the grading
+  run that started it is over).
+* the **supervisor** (``supervise``) refuses a peer that is not the server's own user, reads one request
+  (a header with the sandbox spec, the environment and two pipe ends, the checker's verdict pipe and
+  its stderr; then the job), enters fresh mount, network and pid namespaces when the sandbox has them
+  (``sandbox.enter_namespaces``) and forks the **checker process** with ``sandbox.fork_confined``: pid 1
+  of those namespaces, the same private view, limits and separate user as ``sandbox.wrap`` gives. The
+  supervisor tells the client the checker's pid, waits for it, kills it if the client goes away, and
+  sends its exit status.
+* the **checker process** runs ``autograder.checker_child.run(job)``: its imports are already done, so it
+  goes straight to the snapshot, the student's definitions and the test cells.
+
+The client side is ``launch`` (used by ``autograder.checker.run_child``): it returns a ``ForkedChild``
+that behaves like the ``subprocess.Popen`` object of the exec'd child (``pid`` to kill its process group,
+``stderr``, ``wait``), so the checker's timeouts, relaunches and verdict channel are unchanged.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+SERVER_VARIABLE = "FTLAB_CHECKER_SERVER"  # where check_submission finds the server (set per grading job)
+MAGIC = b"FTLAB-CHECK-1"
+HEADER = struct.Struct("!II")  # lengths of the header JSON and of the job JSON
+MAX_HEADER = 1 << 20
+MAX_JOB = 64 << 20
+CONNECT_TIMEOUT = 600.0  # the first client may wait while the server is still importing TensorFlow
+
+
+def supported() -> bool:
+    return sys.platform.startswith("linux") and hasattr(os, "fork") and hasattr(socket, "send_fds") \
+        and hasattr(os, "pidfd_open")
+
+
+# ---- the server ---------------------------------------------------------------------------------------
+def serve(socket_path: str, preload: list[str]) -> None:
+    """Bind, import ``preload`` (in the checker's order: torch family before TensorFlow), then fork one
+    supervisor per connection until stdin closes."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_mask = os.umask(0o177)
+    try:
+        listener.bind(socket_path)
+    finally:
+        os.umask(old_mask)
+    listener.listen(128)  # clients that come while the imports run wait in the backlog
+    print("listening", flush=True)
+    from autograder import checker_child, sandbox
+    sandbox.protections()  # probe the namespaces once, here, not in every supervisor
+    for name in checker_child.import_order(preload):
+        try:
+            checker_child.import_module(name)
+        except Exception as error:  # the checker process retries and reports it in its notes
+            print(f"import {name}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
+    print("ready", flush=True)
+    stdin = sys.stdin.fileno()
+    while True:
+        ready, _, _ = select.select([listener, stdin], [], [])
+        if stdin in ready and not os.read(stdin, 4096):
+            return  # the grading run is over
+        if listener not in ready:
+            continue
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            continue
+        try:
+            pid = os.fork()
+        except OSError as error:
+            print(f"fork failed: {error}", file=sys.stderr, flush=True)
+            conn.close()
+            continue
+        if pid == 0:
+            status = 1
+            try:
+                listener.close()
+                supervise(conn)
+                status = 0
+            except BaseException as error:  # noqa: BLE001 - report, never return into the server loop
+                try:
+                    send_line(conn, {"error": f"{type(error).__name__}: {error}"[:500]})
+                except OSError:
+                    pass
+            finally:
+                os._exit(status)
+        conn.close()
+
+
+def send_line(conn: socket.socket, message: dict) -> None:
+    conn.sendall(json.dumps(message).encode() + b"\n")
+
+
+def receive_request(conn: socket.socket) -> tuple[dict, bytes, list[int]]:
+    """(header, job bytes, [verdict fd, stderr fd]) of one client request."""
+    data, fds, _, _ = socket.recv_fds(conn, 65536, 2)
+    try:
+        size = len(MAGIC) + HEADER.size
+        while len(data) < size:
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise ConnectionError("the request ended early")
+            data += chunk
+        if not data.startswith(MAGIC) or len(fds) != 2:
+            raise ConnectionError("not a checker request")
+        header_size, job_size = HEADER.unpack_from(data, len(MAGIC))
+        if header_size > MAX_HEADER or job_size > MAX_JOB:
+            raise ConnectionError("request too large")
+        total = size + header_size + job_size
+        parts = [data]
+        received = len(data)
+        while received < total:
+            chunk = conn.recv(min(1 << 20, total - received))
+            if not chunk:
+                raise ConnectionError("the request ended early")
+            parts.append(chunk)
+            received += len(chunk)
+        data = b"".join(parts)
+        header = json.loads(data[size:size + header_size])
+        return header, data[size + header_size:total], fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def supervise(conn: socket.socket) -> None:
+    """One request: start the confined checker process, report its pid, wait, report its exit status."""
+    from autograder import checker_child, sandbox
+
+    os.setsid()  # the client kills this process group (supervisor + checker) when a check overruns
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    peer_pid, peer_uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                                 struct.calcsize("3i")))
+    if peer_uid != os.geteuid():
+        raise PermissionError(f"uid {peer_uid} may not use this checker server")
+    header, job_bytes, (verdict_fd, stderr_fd) = receive_request(conn)
+    job = json.loads(job_bytes)
+    del job_bytes
+    job["verdict_fd"] = verdict_fd
+    spec = header["sandbox"]
+    sandbox.enter_namespaces()
+
+    def run() -> None:
+        conn.close()
+        os.dup2(stderr_fd, 2)
+        os.close(stderr_fd)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+        checker_child.run(job)
+
+    child = sandbox.fork_confined(spec, run, base_env=header["env"])
+    os.close(verdict_fd)
+    os.close(stderr_fd)
+    send_line(conn, {"pid": child, "group": os.getpid()})
+    pidfd = os.pidfd_open(child)
+    while True:
+        ready, _, _ = select.select([conn, pidfd], [], [])
+        if pidfd in ready:
+            _, status = os.waitpid(child, 0)
+            send_line(conn, {"exit": os.waitstatus_to_exitcode(status)})
+            return
+        if not conn.recv(4096):  # the client is gone: nobody wants this check any more
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            return
+
+
+# ---- starting and stopping it (the grading pipeline, tests) ---------------------------------------------
+class CheckerServer:
+    """A running server process; ``stop()`` (or leaving the ``with`` block) ends it and its children."""
+
+    def __init__(self, process: subprocess.Popen, socket_path: Path, log_path: Path):
+        self.process, self.socket_path, self.log_path = process, socket_path, log_path
+
+    @classmethod
+    def start(cls, preload: list[str], folder: Path) -> "CheckerServer":
+        """Start a server whose socket lives in ``folder`` (which only the grading user may enter) and
+        wait until it listens (its imports go on in the background)."""
+        folder = Path(folder)
+        socket_path = folder / "checker.sock"
+        log_path = folder / "checker-server.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != SERVER_VARIABLE}
+        env.update(NBGRADER_EXECUTION="autograde", MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="2",
+                   HOME=str(folder), KERAS_HOME=str(folder / ".keras"), MPLCONFIGDIR=str(folder / ".matplotlib"))
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen([sys.executable, "-I", "-m", "autograder.checker_server", str(socket_path),
+                                        json.dumps(preload)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       stderr=log, env=env, cwd=folder, start_new_session=True)
+        line = process.stdout.readline()
+        if line.strip() != b"listening":
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"the checker server did not start: {log_path.read_text()[-500:]}")
+        server = cls(process, socket_path, log_path)
+        return server
+
+    def stop(self) -> None:
+        try:
+            self.process.stdin.close()  # the server's signal to stop
+            self.process.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # supervisors still running (their checks are over)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.stdout.close()
+
+    def __enter__(self) -> "CheckerServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@contextmanager
+def running(preload: list[str], folder: Path):
+    server = CheckerServer.start(preload, folder)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# ---- the client side ------------------------------------------------------------------------------------
+class ForkedChild:
+    """The checker process a server started for us, with the parts of ``subprocess.Popen`` the checker uses."""
+
+    def __init__(self, conn: socket.socket, group: int, stderr):
+        self.conn, self.pid, self.stderr, self.returncode = conn, group, stderr, None
+        self.stdin = None
+        self._buffer = b""
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The checker process's exit code (negative: killed by that signal); None if the supervisor was
+        killed before it could say."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            *lines, self._buffer = self._buffer.split(b"\n")
+            for line in lines:
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(message, dict) and isinstance(message.get("exit"), int):
+                    self.returncode = message["exit"]
+            if self.returncode is not None:
+                self.conn.close()
+                return self.returncode
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired("checker", timeout)
+            ready, _, _ = select.select([self.conn], [], [], left)
+            if not ready:
+                continue
+            chunk = self.conn.recv(4096)
+            if not chunk:
+                self.conn.close()
+                return None
+            self._buffer += chunk
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def launch(socket_path: str, job: bytes, *, verdict_fd: int, env: dict, sandbox_spec: dict) -> ForkedChild:
+    """Ask the server at ``socket_path`` for a checker process running ``job``; raises OSError when the
+    server cannot be reached or refuses (the caller then starts ``python -m autograder.checker_child``)."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(CONNECT_TIMEOUT)
+    stderr_read, stderr_write = os.pipe()
+    try:
+        conn.connect(str(socket_path))
+        header = json.dumps({"sandbox": sandbox_spec, "env": env}).encode()
+        first = MAGIC + HEADER.pack(len(header), len(job)) + header
+        socket.send_fds(conn, [first], [verdict_fd, stderr_write])
+        conn.sendall(job)
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = conn.recv(4096)
+            if not chunk:
+                raise ConnectionError("the checker server closed the connection")
+            reply += chunk
+        first_line, _, rest = reply.partition(b"\n")
+        message = json.loads(first_line)
+        if "pid" not in message:
+            raise ConnectionError(f"the checker server refused: {message.get('error', message)}")
+    except (OSError, ValueError) as error:
+        conn.close()
+        os.close(stderr_read)
+        os.close(stderr_write)
+        raise OSError(f"checker server at {socket_path}: {error}") from error
+    os.close(stderr_write)
+    conn.settimeout(None)
+    child = ForkedChild(conn, int(message["group"]), os.fdopen(stderr_read, "rb"))
+    child._buffer = rest
+    return child
+
+
+def main(argv: list[str]) -> int:
+    serve(argv[0], json.loads(argv[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
