@@ -2,7 +2,7 @@
 
     from autograder.checker import check_submission
     verdicts = check_submission(Path("source/quiz/quiz.ipynb"), Path("submitted/alice/quiz/quiz.ipynb"))
-    verdicts["correct_q1"]  -> {"passed": False, "message": "...", "sandbox": "..."}
+    verdicts["correct_q1"]  -> {"passed": False, "message": "...", "output": "...", "sandbox": "..."}
 
     python -m autograder.checker SOURCE_NB SUBMITTED_NB      # the same, printed as JSON
 
@@ -38,7 +38,8 @@ class (or metaclass) the student made (they could compare equal to anything). St
 handed to the test cells wrapped, so that state is restored the moment a call returns.
 
 A test cell passes iff it raises nothing within its time limit; its message is the AssertionError's text
-(or ``Type: text``). Verdicts travel on a dedicated pipe, tagged with a random nonce the parent sends on
+(or ``Type: text``); its output is what it printed (worked solutions, for the feedback), at most 20,000
+characters. Verdicts travel on a dedicated pipe, tagged with a random nonce the parent sends on
 stdin before any student code loads; the child keeps both only inside a closure, and prints on
 stdout/stderr are ignored. The parent accepts a verdict only for the cell the child announced it was
 running, once; anything else fails the cell as tampering. If the child dies (``os._exit``, ``sys.exit``
@@ -338,7 +339,7 @@ def sandbox_wrapper():
 @dataclass
 class Run:
     """What one child process reported."""
-    verdicts: dict = field(default_factory=dict)       # test index -> (passed, message)
+    verdicts: dict = field(default_factory=dict)       # test index -> (passed, message, output)
     loading: str | None = None                          # answer cell being loaded
     running: int | None = None                          # test index being run
     ready: bool = False
@@ -467,7 +468,8 @@ def run_child(job: dict, indices: list[int], *, cell_timeout: float, deadline: f
                             run.verdicts[run.running] = (False, run.fatal)
                         killed_for = run.fatal
                         break
-                    run.verdicts[index] = (event["passed"], str(event.get("message") or ""))
+                    run.verdicts[index] = (event["passed"], str(event.get("message") or ""),
+                                           str(event.get("output") or ""))
                     run.running = None
                 elif kind == "fatal":
                     run.fatal = str(event.get("message") or "the checker stopped")
@@ -528,8 +530,8 @@ def check_submission(source_nb: Path, submitted_nb: Path, *, timeout: float = 30
     ids = graded_test_ids(source)
     wrap, sandbox = sandbox_wrapper()
 
-    def verdict(passed: bool, message: str) -> dict:
-        return {"passed": passed, "message": message, "sandbox": sandbox}
+    def verdict(passed: bool, message: str, output: str = "") -> dict:
+        return {"passed": passed, "message": message, "output": output, "sandbox": sandbox}
 
     try:
         submitted = read_notebook(Path(submitted_nb))
@@ -537,7 +539,7 @@ def check_submission(source_nb: Path, submitted_nb: Path, *, timeout: float = 30
         return {gid: verdict(False, str(error)) for gid in ids}
     job = build_job(source, submitted)
     tests = job["tests"]
-    results: dict[int, tuple[bool, str]] = {}
+    results: dict[int, tuple] = {}  # (passed, message) or (passed, message, what the cell printed)
     for index, test in enumerate(tests):
         if "### AUTOTEST" in test["source"] or "### HASHED AUTOTEST" in test["source"]:
             results[index] = (False, "this test cell uses nbgrader AUTOTEST, which the checker does not run")
@@ -577,8 +579,7 @@ def check_submission(source_nb: Path, submitted_nb: Path, *, timeout: float = 30
         shutil.rmtree(workdir, ignore_errors=True)
     by_id = {}
     for index, test in enumerate(tests):
-        passed, message = results[index]
-        by_id[test["grade_id"]] = verdict(passed, message)
+        by_id[test["grade_id"]] = verdict(*results[index])
     for gid in ids:  # graded test cells that are not code cells cannot pass automatically
         by_id.setdefault(gid, verdict(False, "not a code cell: graded by hand"))
     return {gid: by_id[gid] for gid in ids}

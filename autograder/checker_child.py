@@ -23,6 +23,7 @@ import ast
 import builtins
 import gc
 import importlib
+import io
 import json
 import os
 import secrets
@@ -64,9 +65,12 @@ _thread_count = _thread._count
 _import_module = importlib.import_module
 _str_startswith = str.startswith
 _gc_enable = gc.enable
+_StringIO, _output_text = io.StringIO, io.StringIO.getvalue  # built-in type: its methods cannot be patched
+_output_seek, _output_truncate = io.StringIO.seek, io.StringIO.truncate
 
 MISSING = object()
 MESSAGE_LIMIT = 3000
+OUTPUT_LIMIT = 20000  # characters a test cell may print into the feedback
 TORCH_FAMILY = ("torch", "torchvision", "course.torch_tools", "course.checks.torch")
 TF_FAMILY = ("tensorflow", "keras", "tf_keras", "course.keras_tools", "course.checks.keras")
 # Modules whose dicts, and whose classes' dicts, are restored after every student call and test cell.
@@ -438,7 +442,10 @@ def run(job: dict) -> None:
         except Exception as error:  # a missing optional module: the test cells that need it will fail
             setup_notes.append(f"import {name}: {_type_name(_type(error))}: {error}")
 
-    # 3. snapshot, captured state, audit hook
+    # 3. snapshot, captured state, audit hook; what the test cells print is kept for the feedback (sys.stdout
+    # is part of the snapshot: code that replaces it gets this buffer back at the next restore)
+    printed = _StringIO()
+    sys.stdout = printed
     restore_self = make_self_restorer(sys.modules[__name__].__dict__)
     snapshot = Snapshot(protected_modules())
     snapshot_restore = snapshot.restore  # bound now: patching Snapshot.restore later changes nothing here
@@ -562,6 +569,8 @@ def run(job: dict) -> None:
         timed_out[0] = False
         filename = f"<test cell {test['grade_id']}>"
         passed, message = True, ""
+        _output_seek(printed, 0)
+        _output_truncate(printed, 0)
         try:
             code = _compile(test["source"], filename, "exec", dont_inherit=True, optimize=0)
             _setitimer(signal.ITIMER_REAL, cell_timeout)
@@ -582,11 +591,22 @@ def run(job: dict) -> None:
             passed, message = False, tainted[0]
         if not passed:
             message = (message[:MESSAGE_LIMIT] + note_for(test.get("answer_cells") or _list(notes)))
-        report("verdict", index=index, passed=passed, message=message)
+        report("verdict", index=index, passed=passed, message=message, output=cell_output(printed))
         if tainted[0]:
             _os_exit(5)  # a stray thread may keep patching: the parent relaunches for the remaining cells
     report("done")
     _os_exit(0)  # no atexit handlers, no finalizers of student objects
+
+
+def cell_output(printed) -> str:
+    """What the test cell printed (worked solutions, counts), cut to OUTPUT_LIMIT characters."""
+    try:
+        text = _output_text(printed)
+    except _BaseException:
+        return ""
+    if _type(text) is not _str:
+        return ""
+    return text if _len(text) <= OUTPUT_LIMIT else text[:OUTPUT_LIMIT] + "\n... (output cut)\n"
 
 
 def describe(error: BaseException, filename: str) -> str:

@@ -20,18 +20,23 @@ from pathlib import Path
 STARTED = time.perf_counter()
 
 
-def _load_api(course: Path, execute: bool = True):
+def _load_api(course: Path, execute: bool = True, set_aside_tests: bool = False):
     from nbgrader.apps import NbGraderAPI
     from nbgrader.converters.autograde import Autograde
     from nbgrader.coursedir import CourseDirectory
     from nbgrader.preprocessors import Execute
     from traitlets.config.loader import PyFileConfigLoader
 
+    from autograder.set_aside import PutBackTestCells, SetAsideTestCells
+
     config = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
     config.CourseDirectory.root = str(course)
+    steps = Autograde.class_traits()["autograde_preprocessors"].default()
     if not execute:  # record the submission (cells restored, gradebook rows) without running it
+        config.Autograde.autograde_preprocessors = [p for p in steps if p is not Execute]
+    elif set_aside_tests:  # the checker runs the test cells: the kernel runs everything else
         config.Autograde.autograde_preprocessors = [
-            p for p in Autograde.class_traits()["autograde_preprocessors"].default() if p is not Execute]
+            q for p in steps for q in ([SetAsideTestCells, Execute, PutBackTestCells] if p is Execute else [p])]
     api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
     api.log_level = "WARN"
     return api
@@ -152,7 +157,9 @@ def apply_checker_verdicts(course: Path, job: dict, checks: list[dict]) -> list[
                 text = "Independent checker: " + ("passed" if check["passed"] else "FAILED")
                 if check["message"]:
                     text += f"\n{check['message']}"
-                cell["outputs"] = [{"name": "stdout", "output_type": "stream", "text": text + "\n"}]
+                printed = str(verdict.get("output") or "")
+                cell["outputs"] = ([{"name": "stdout", "output_type": "stream", "text": printed}] if printed else []) + \
+                    [{"name": "stdout", "output_type": "stream", "text": text + "\n"}]
             gb.db.commit()
             autograded.write_text(json.dumps(nb, indent=1))
     return checks
@@ -178,7 +185,7 @@ def autograde_error(result: dict) -> str:
 
 def grade(job: dict, timings: dict) -> dict:
     course = Path(job["course"])
-    api = _load_api(course)
+    api = _load_api(course, set_aside_tests=job["use_checker"])
     timings["start"] = time.perf_counter()
     notes = []
     for name in job["notebooks"]:

@@ -2,6 +2,7 @@
 
     python -m benchmarks.grading                       # 20 copies of the quiz reference solution
     python -m benchmarks.grading --assignment pytorch_lesson --copies 20
+    python -m benchmarks.grading --only jobs2,unprotected --rounds 3   # what protection costs (issue 7)
 
 Every configuration grades the same batch: N copies of a realistic submission (the student version with
 the reference answers filled in). Plain nbgrader = one ``nbgrader autograde ASSIGNMENT`` call over all N
@@ -18,6 +19,7 @@ import copy
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+OUT_FOLDERS = {"jobs1": "o1", "jobs2": "o2", "unprotected": "o3"}
 
 
 def throwaway_course(root: Path, assignment: str) -> Path:
@@ -89,6 +94,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--assignment", default="quiz")
     parser.add_argument("--copies", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat each configuration, alternating the order")
     parser.add_argument("--only", default="plain,jobs1,jobs2,unprotected",
                         help="comma-separated subset of: plain, jobs1, jobs2, unprotected")
     args = parser.parse_args(argv)
@@ -106,17 +112,31 @@ def main(argv=None) -> int:
         pipeline_course.mkdir()
         shutil.copy(REPO / "nbgrader_config.py", pipeline_course)
         shutil.copytree(REPO / "source" / args.assignment, pipeline_course / "source" / args.assignment)
-        times = {}
-        print(f"grading {n} copies of the {args.assignment} reference solution on {os.cpu_count()} cores", flush=True)
+        times, samples = {}, {}
+        print(f"grading {n} copies of the {args.assignment} reference solution on {os.cpu_count()} cores"
+              f" ({args.rounds} round(s), order alternating, median reported)", flush=True)
         runs = [("plain", "plain nbgrader autograde (one call, sequential)", lambda: plain_nbgrader(course, args.assignment, name, nb, n)),
                 ("jobs1", "pipeline --jobs 1 (sandbox + checker + feedback)", lambda: pipeline(pipeline_course, args.assignment, submissions, root / "o1", 1, True)),
                 ("jobs2", "pipeline --jobs 2 (sandbox + checker + feedback)", lambda: pipeline(pipeline_course, args.assignment, submissions, root / "o2", 2, True)),
                 ("unprotected", "pipeline --jobs 2 --unprotected (feedback only)", lambda: pipeline(pipeline_course, args.assignment, submissions, root / "o3", 2, False))]
-        for key, label, run in runs:
-            if key in only:
-                times[key] = run()
-                print(f"  {label:52s} {times[key] / n:6.2f} s per submission ({times[key]:.0f} s total)", flush=True)
-        for out, key in (("o1", "jobs1"), ("o2", "jobs2"), ("o3", "unprotected")):
+        runs = [r for r in runs if r[0] in only]
+        for round_ in range(args.rounds):
+            for key, label, run in (runs if round_ % 2 == 0 else runs[::-1]):
+                shutil.rmtree(root / OUT_FOLDERS.get(key, "none"), ignore_errors=True)
+                if key == "plain":
+                    shutil.rmtree(course / "submitted", ignore_errors=True)
+                    shutil.rmtree(course / "autograded", ignore_errors=True)
+                    (course / "gradebook.db").unlink(missing_ok=True)
+                    subprocess.run([str(BIN / "nbgrader"), "generate_assignment", args.assignment, "--force",
+                                    "--log-level=ERROR"], cwd=course, check=True, env=ENV)
+                seconds = run()
+                samples.setdefault(key, []).append(seconds)
+                print(f"  round {round_ + 1}: {label:52s} {seconds / n:6.2f} s per submission ({seconds:.0f} s total)",
+                      flush=True)
+        times = {key: statistics.median(values) for key, values in samples.items()}
+        for key, label, _ in runs:
+            print(f"  median: {label:52s} {times[key] / n:6.2f} s per submission", flush=True)
+        for key, out in OUT_FOLDERS.items():
             if key in times:
                 steps = json.loads((root / out / "run.json").read_text())["mean_step_seconds"]
                 print(f"  {key}: mean seconds per step in a grading child: {steps}")
@@ -128,7 +148,7 @@ def main(argv=None) -> int:
             print(f"cost of protection (sandbox + checker) at --jobs 2: {100 * (times['jobs2'] / times['unprotected'] - 1):+.0f}% "
                   f"per submission vs the unprotected pipeline")
         with open(os.environ.get("FTLAB_BENCH_JSON", os.devnull), "w") as f:
-            json.dump({"assignment": args.assignment, "copies": n, "seconds": times}, f, indent=1)
+            json.dump({"assignment": args.assignment, "copies": n, "seconds": times, "samples": samples}, f, indent=1)
     return 0
 
 

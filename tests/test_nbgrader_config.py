@@ -49,3 +49,30 @@ def test_autograde_gives_full_marks_despite_stderr(course_dir):
     nbgrader("autograde", "noisy", "--force", cwd=course_dir)
     with Gradebook(f"sqlite:///{course_dir / 'gradebook.db'}") as gb:
         assert gb.find_submission("noisy", "ana").score == 1
+
+
+def test_protected_autograde_sets_the_test_cells_aside(course_dir):
+    """With the independent checker judging, the kernel runs a placeholder for each test cell (the checker
+    runs them), and the autograded notebook gets the real test source back. Without it, they run."""
+    from autograder.grade_one import _load_api
+    from autograder.set_aside import PLACEHOLDER
+
+    test_source = "set_aside_marker = 'the test cell ran in the kernel'\nassert x == 1"
+    path = write_assignment(course_dir, test_source)
+    nb = json.loads(path.read_text())
+    later = nbformat.v4.new_code_cell("print(globals().get('set_aside_marker', 'not run in the kernel'))")
+    nb["cells"].append(later)
+    path.write_text(json.dumps(nb))
+    nbgrader("generate_assignment", "noisy", "--force", cwd=course_dir)
+    submitted = course_dir / "submitted" / "ana" / "noisy"
+    submitted.mkdir(parents=True)
+    submitted.joinpath("noisy.ipynb").write_text(path.read_text())
+    printed = {}
+    for set_aside in (True, False):
+        result = _load_api(course_dir, set_aside_tests=set_aside).autograde("noisy", "ana", force=True, create=True)
+        assert result["success"], result.get("log")
+        graded = nbformat.read(course_dir / "autograded" / "ana" / "noisy" / "noisy.ipynb", as_version=4)
+        source = graded.cells[1].source
+        assert source == test_source and PLACEHOLDER.strip() not in source
+        printed[set_aside] = "".join(o.get("text", "") for o in graded.cells[2].outputs).strip()
+    assert printed == {True: "not run in the kernel", False: "the test cell ran in the kernel"}

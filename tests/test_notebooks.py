@@ -45,3 +45,25 @@ def test_release_is_generated_from_source(assignment, tmp_path):
                 f"release/{assignment}/{new.name} is stale: run `make release` and commit it")
         elif new.is_file():
             assert new.read_bytes() == old.read_bytes()
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_test_cells_are_self_contained(assignment):
+    """Protected grading runs the test cells in the checker only (autograder/set_aside.py): no other cell
+    may depend on a name that only a test cell defines."""
+    from autograder.set_aside import test_cell_dependencies
+
+    for path in sorted((REPO / "source" / assignment).glob("*.ipynb")):
+        assert test_cell_dependencies(json.loads(path.read_text())) == [], path.name
+
+
+def test_a_dependency_on_a_test_cell_is_found():
+    from autograder.set_aside import test_cell_dependencies
+
+    test = {"cell_type": "code", "source": "import math\nchecked = True",
+            "metadata": {"nbgrader": {"grade": True, "solution": False, "grade_id": "correct_x"}}}
+    later = {"cell_type": "code", "source": "print(checked, math.pi)", "metadata": {}}
+    assert test_cell_dependencies({"cells": [test, later]}) == [
+        "cell 2 reads checked, defined by test cell correct_x", "cell 2 reads math, defined by test cell correct_x"]
+    rebound = {"cell_type": "code", "source": "checked = False\nimport math", "metadata": {}}
+    assert test_cell_dependencies({"cells": [test, rebound, later]}) == []
