@@ -199,13 +199,15 @@ class CheckerServer:
         self.process, self.socket_path, self.log_path = process, socket_path, log_path
 
     @classmethod
-    def start(cls, preload: list[str], folder: Path) -> "CheckerServer":
+    def start(cls, preload: list[str], folder: Path, env: dict | None = None) -> "CheckerServer":
         """Start a server whose socket lives in ``folder`` (which only the grading user may enter) and
-        wait until it listens (its imports go on in the background)."""
+        wait until it listens (its imports go on in the background). ``env``: extra variables, e.g. the
+        thread counts, which torch and TensorFlow read when the server imports them."""
         folder = Path(folder)
         socket_path = folder / "checker.sock"
         log_path = folder / "checker-server.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != SERVER_VARIABLE}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != SERVER_VARIABLE},
+               **(env or {})}
         env.update(NBGRADER_EXECUTION="autograde", MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="2",
                    HOME=str(folder), KERAS_HOME=str(folder / ".keras"), MPLCONFIGDIR=str(folder / ".matplotlib"))
         with open(log_path, "wb") as log:
@@ -241,8 +243,8 @@ class CheckerServer:
 
 
 @contextmanager
-def running(preload: list[str], folder: Path):
-    server = CheckerServer.start(preload, folder)
+def running(preload: list[str], folder: Path, env: dict | None = None):
+    server = CheckerServer.start(preload, folder, env)
     try:
         yield server
     finally:

@@ -58,7 +58,8 @@ SCRATCH_SIZE = "1g"  # each private tmpfs (workdir, /tmp) is capped at this size
 REPO_VISIBLE = (".venv", "course", "autograder")  # the only parts of the repository student code sees
 FRESH_TMPFS = ("/tmp", "/var/tmp", "/dev/shm")
 ENV_KEPT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "NBGRADER_EXECUTION", "PYTHONHASHSEED",
-            "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_CPP_MIN_LOG_LEVEL", "KERAS_BACKEND",
+            "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+            "TF_NUM_INTEROP_THREADS", "TF_CPP_MIN_LOG_LEVEL", "KERAS_BACKEND",
             "CUDA_VISIBLE_DEVICES", "PYDEVD_DISABLE_FILE_VALIDATION", "JPY_PARENT_PID", "MPLBACKEND")
 ENV_PREFIXES_KEPT = ("FTLAB_",)
 
