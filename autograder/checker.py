@@ -11,8 +11,11 @@ the submission did to its own copy of the test cells (edited, deleted, duplicate
 
 How it works
 ------------
-This process (the parent) reads both notebooks and sends a child process (``autograder.checker_child``,
-through ``autograder.sandbox.wrap`` when that exists) one JSON job on stdin:
+This process (the parent) reads both notebooks and sends a child process one JSON job: a process forked by
+the run's checker server (``autograder.checker_server``, which imported the frameworks once; the grading
+pipeline starts it and sets $FTLAB_CHECKER_SERVER) and confined by ``sandbox.fork_confined``, or else a
+fresh ``python -I -m autograder.checker_child`` through ``autograder.sandbox.wrap``, the job on its stdin.
+Both run ``autograder.checker_child.run``. The job holds:
 
 * from the instructor's source notebook: the ``import``, ``def``/``class`` and literal-assignment
   statements of its non-answer code cells (never one that binds a name an answer cell defines, so a
@@ -25,7 +28,7 @@ through ``autograder.sandbox.wrap`` when that exists) one JSON job on stdin:
   top-level statement never runs, and failing verdicts name the ignored lines. Imports from
   ``course.checks`` and ``autograder`` are ignored too (they hold the judges, not answers).
 
-The child imports the frameworks and check modules first, then snapshots what student code could patch
+The child imports the frameworks and check modules first (a forked child finds them imported), then snapshots what student code could patch
 (the dicts of the builtins module, of torch/numpy/keras/tensorflow/course modules and of every class they
 define, the code and defaults of the key torch/keras methods and of the course's functions, sys.modules,
 import hooks, trace/profile functions, signal handlers, warning filters, os.environ, the working folder,

@@ -8,7 +8,9 @@ in its own temporary folder (so its own sqlite gradebook: no write conflicts) an
 child process (``autograder.grade_one``: nbgrader autograde, the independent checker when
 ``autograder/checker.py`` exists, nbgrader generate_feedback). ``--jobs`` children run at once; the parent
 merges their results into OUT/grades.csv, OUT/checks.csv, OUT/feedback/<student>.html and OUT/run.json.
-The student's file is only ever read (copied into the job's course).
+The student's file is only ever read (copied into the job's course). Protected runs also start one checker
+server (``autograder.checker_server``) that every job's checker forks from; each job gets its share of the
+cores for framework threads (``thread_settings``).
 """
 from __future__ import annotations
 
