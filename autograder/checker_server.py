@@ -222,6 +222,10 @@ class CheckerServer:
         server = cls(process, socket_path, log_path)
         return server
 
+    def wait_ready(self) -> bool:
+        """Block until the server has imported its modules (True), or has died (False)."""
+        return self.process.stdout.readline().strip() == b"ready"
+
     def stop(self) -> None:
         try:
             self.process.stdin.close()  # the server's signal to stop

@@ -1,14 +1,16 @@
-"""What the tamper-proof checker costs per submission, and whether it grades the reference and blank right.
+"""What the tamper-proof checker costs per submission, each way it starts, and whether it judges right.
 
     .venv/bin/python -m benchmarks.checker                      # every assignment, once each
     .venv/bin/python -m benchmarks.checker quiz --repeat 3      # one assignment, 3 timed runs per notebook
 
 For each assignment: the student version (release/<assignment>/, or generated into a throw-away course
 with the real ``nbgrader generate_assignment`` when release/ lacks it) and that version with the reference
-answers filled in are each checked with ``autograder.checker.check_submission``. Prints the wall seconds
-per submission (child start-up, framework imports and checks included; through the sandbox when
-``autograder.sandbox`` is available) and how many test cells passed: the reference must pass all, the
-blank none. Wall-clock figures: other work on the machine changes them.
+answers filled in are each checked with ``autograder.checker.check_submission``, both ways: a fresh
+interpreter per check (framework imports included) and forked by a checker server that imported them once
+(as the grading pipeline does; the server's own start, once per grading run, is shown apart).
+Prints the wall seconds per submission (through the sandbox when running as root) and how many test
+cells passed: the reference must pass all, the blank none, both ways alike. Wall-clock figures: other
+work on the machine changes them.
 """
 from __future__ import annotations
 
@@ -49,42 +51,67 @@ def with_reference(assignment: str, nb: dict) -> dict:
     return with_answers(nb, solutions(assignment))
 
 
-def measure(assignment: str, repeat: int) -> list[dict]:
+def timed_checks(source: Path, path: Path, repeat: int, server: str | None) -> tuple[float, dict]:
     from autograder.checker import check_submission
+    times, verdicts = [], {}
+    for _ in range(repeat):
+        start = time.perf_counter()
+        verdicts = check_submission(source, path, server=server)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), verdicts
+
+
+def measure(assignment: str, repeat: int) -> list[dict]:
+    from autograder import checker_server
+    from autograder.checker import preload_for
     rows = []
     with tempfile.TemporaryDirectory(prefix="ftlab-bench-checker-") as scratch:
         source, blank = student_version(assignment, Path(scratch))
-        for label, nb in [("reference", with_reference(assignment, blank)), ("blank", blank)]:
-            path = Path(scratch) / f"{label}.ipynb"
-            path.write_text(json.dumps(nb))
-            times, verdicts = [], {}
-            for _ in range(repeat):
-                start = time.perf_counter()
-                verdicts = check_submission(source, path)
-                times.append(time.perf_counter() - start)
-            passed = sum(v["passed"] for v in verdicts.values())
-            rows.append({"assignment": assignment, "submission": label, "seconds": statistics.median(times),
-                         "runs": repeat, "passed": passed, "cells": len(verdicts),
-                         "right": passed == (len(verdicts) if label == "reference" else 0),
-                         "sandbox": next(iter(verdicts.values()))["sandbox"] if verdicts else "",
-                         "failures": {g: v["message"][:160] for g, v in verdicts.items()
-                                      if v["passed"] != (label == "reference")}})
+        server_folder = Path(scratch) / "server"
+        server_folder.mkdir(mode=0o700)
+        start = time.perf_counter()
+        with checker_server.running(preload_for([source]), server_folder) as server:
+            server.wait_ready()
+            imports = time.perf_counter() - start  # once per grading run
+            socket_path = str(server.socket_path)
+            for label, nb in [("reference", with_reference(assignment, blank)), ("blank", blank)]:
+                path = Path(scratch) / f"{label}.ipynb"
+                path.write_text(json.dumps(nb))
+                fresh, verdicts = timed_checks(source, path, repeat, None)
+                first = imports if label == "reference" else None
+                forked, forked_verdicts = timed_checks(source, path, repeat, socket_path)
+                passed = sum(v["passed"] for v in verdicts.values())
+                expected = len(verdicts) if label == "reference" else 0
+                rows.append({"assignment": assignment, "submission": label, "seconds": fresh, "server_seconds": forked,
+                             "server_first_seconds": first, "runs": repeat, "passed": passed, "cells": len(verdicts),
+                             "right": passed == expected and outcome(forked_verdicts) == outcome(verdicts),
+                             "sandbox": next(iter(verdicts.values()))["sandbox"] if verdicts else "",
+                             "failures": {g: v["message"][:160] for g, v in {**verdicts, **forked_verdicts}.items()
+                                          if v["passed"] != (label == "reference")}})
     return rows
+
+
+def outcome(verdicts: dict) -> dict:
+    return {gid: v["passed"] for gid, v in verdicts.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("assignments", nargs="*", default=ASSIGNMENTS)
-    parser.add_argument("--repeat", type=int, default=1, help="timed runs per notebook (median reported)")
+    parser.add_argument("--repeat", type=int, default=1, help="timed runs per notebook and way (median reported)")
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     args = parser.parse_args(argv)
     rows = []
-    print(f"{'assignment':16} {'submission':10} {'s/submission':>12} {'passed':>8}  verdicts as expected")
+    print(f"{'assignment':16} {'submission':10} {'fresh interpreter':>17} {'forked by server':>16} {'passed':>8}"
+          "  verdicts as expected (both ways)")
     for assignment in args.assignments:
         for row in measure(assignment, args.repeat):
             rows.append(row)
-            print(f"{row['assignment']:16} {row['submission']:10} {row['seconds']:12.1f} "
+            print(f"{row['assignment']:16} {row['submission']:10} {row['seconds']:15.1f} s {row['server_seconds']:14.1f} s "
                   f"{row['passed']:>4}/{row['cells']:<3}  {'yes' if row['right'] else 'NO'}", flush=True)
+            if row["server_first_seconds"] is not None:
+                print(f"{'':27} (the server's own start, imports included, once per grading run: "
+                      f"{row['server_first_seconds']:.1f} s)")
             for gid, message in row["failures"].items():
                 print(f"    {gid}: {message}")
     if rows:
