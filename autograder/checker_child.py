@@ -1,8 +1,10 @@
 """The checker's child process: runs one submission's test cells and reports verdicts to its parent.
 
-Started by ``autograder.checker.check_submission`` as ``python -I -m autograder.checker_child`` (through
-the OS sandbox when there is one). It reads one JSON job from stdin (see ``checker.py`` for its fields)
-and never reads the course's files itself. Order of events, which is what makes verdicts hard to forge:
+Started by ``autograder.checker.check_submission`` either as ``python -I -m autograder.checker_child``
+(through the OS sandbox when there is one; ``main`` reads one JSON job from stdin) or forked, already
+confined, by the checker server (``autograder.checker_server``), which calls ``run(job)`` with the
+frameworks imported. See ``checker.py`` for the job's fields; this process never reads the course's files.
+Order of events, which is what makes verdicts hard to forge:
 
 1. read the job, the verdict nonce and the verdict pipe's fd; move the fd to a random number, make it
    non-inheritable and keep fd and nonce only inside the ``report`` closure;
