@@ -3,6 +3,7 @@ students' Validate as in grading; errors still fail."""
 import json
 
 import nbformat
+import pytest
 
 from conftest import nbgrader
 
@@ -51,6 +52,7 @@ def test_autograde_gives_full_marks_despite_stderr(course_dir):
         assert gb.find_submission("noisy", "ana").score == 1
 
 
+@pytest.mark.filterwarnings("ignore:Object of type")  # nbgrader's own SQLAlchemy session warnings, in-process
 def test_protected_autograde_sets_the_test_cells_aside(course_dir):
     """With the independent checker judging, the kernel runs a placeholder for each test cell (the checker
     runs them), and the autograded notebook gets the real test source back. Without it, they run."""
