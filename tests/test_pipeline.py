@@ -95,6 +95,10 @@ def test_batch_completes_with_a_row_per_student(batch):
     rows = read_rows(batch["out"])
     assert sorted(rows) == sorted(EXPECTED)
     assert "ETA" in batch["done"].stderr  # progress with an estimate of the time left
+    from autograder import checker_server
+    info = json.loads((batch["out"] / "run.json").read_text())
+    assert info["checker_processes"] == ("forked by the checker server" if checker_server.supported()
+                                         else "a fresh interpreter per check"), info
 
 
 @pytest.mark.parametrize("student", sorted(EXPECTED))
@@ -191,3 +195,21 @@ def test_instructor_errors_exit_nonzero_with_one_line(course, tmp_path, args, me
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
     assert not (tmp_path / "out" / "grades.csv").exists()
+
+
+def test_without_the_checker_server_grading_goes_on(course, tmp_path, monkeypatch):
+    """A checker server that cannot start costs time, not grades: each check starts its own interpreter."""
+    from autograder import checker_server, pipeline
+
+    def refuse(cls, *args, **kwargs):
+        raise RuntimeError("the checker server did not start: refused by this test")
+
+    monkeypatch.setattr(checker_server.CheckerServer, "start", classmethod(refuse))
+    submissions = tmp_path / "submissions"
+    shutil.copytree(FIXTURES / "submissions" / "reference", submissions / "reference")
+    code = pipeline.grade(pipeline.Options(assignment="mini", submissions=submissions, out=tmp_path / "out", jobs=1,
+                                           course=course))
+    info = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert code == 0 and info["verdicts"] == "checker", info
+    assert info["checker_processes"] == "a fresh interpreter per check", info
+    assert read_rows(tmp_path / "out")["reference"]["score"] == "5"
