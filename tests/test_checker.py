@@ -17,7 +17,11 @@ import copy
 import json
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -320,3 +324,53 @@ def test_the_server_survives_bad_requests_and_a_dead_server_is_not_fatal(server,
     assert all(v["passed"] for v in verdicts_for(source, "toy_python", tmp_path, server=server).values())
     missing = str(tmp_path / "no-server.sock")  # e.g. the server died: the check starts a fresh interpreter
     assert all(v["passed"] for v in verdicts_for(source, "toy_python", tmp_path, server=missing).values())
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc, as the host sees them)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents[int(entry.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def wait_for(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+@pytest.mark.skipif(not checker_server.supported(), reason="the checker server needs Linux")
+def test_a_check_dies_with_the_process_that_asked_for_it(tmp_path):
+    """Grading killed mid-check (e.g. the per-submission limit): the server's supervisor kills the endless
+    check at once instead of letting it run for its whole cell limit."""
+    submitted = tmp_path / "loop.ipynb"
+    submitted.write_text(json.dumps(build_submission(parse_fixture(HOSTILE / "infinite_loop.py"))))
+    folder = tmp_path / "server"
+    folder.mkdir(mode=0o700)
+    with checker_server.running(["numpy"], folder) as running:
+        assert running.wait_ready()
+        client = subprocess.Popen(
+            [sys.executable, "-c", "from autograder.checker import check_submission; check_submission("
+             f"{str(HOSTILE / 'toy_python.ipynb')!r}, {str(submitted)!r}, timeout=600, cell_timeout=600, "
+             f"server={str(running.socket_path)!r})"], start_new_session=True, cwd=REPO)
+        try:
+            assert wait_for(lambda: len(descendants(running.process.pid)) >= 2, 60), "no check started"
+        finally:
+            os.killpg(client.pid, signal.SIGKILL)
+            client.wait()
+        assert wait_for(lambda: not descendants(running.process.pid), 15), descendants(running.process.pid)
