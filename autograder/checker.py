@@ -481,16 +481,23 @@ def run_child(job: dict, indices: list[int], *, cell_timeout: float, deadline: f
             if killed_for:
                 break
     finally:
+        code = None
+        if not run.done and not killed_for:  # it ended by itself (os._exit, a crash): its status says how
+            try:
+                code = child.wait(timeout=KILL_GRACE)
+            except subprocess.TimeoutExpired:
+                pass
         if killed_for or not run.done:
             try:
                 os.killpg(child.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        try:
-            code = child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            code = child.wait(timeout=30)
+        if code is None:
+            try:
+                code = child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                code = child.wait(timeout=30)
         os.close(read_fd)
         for helper in helpers:
             helper.join(timeout=5)

@@ -174,7 +174,8 @@ def supervise(conn: socket.socket) -> None:
         os.close(devnull)
         checker_child.run(job)
 
-    child = sandbox.fork_confined(spec, run, base_env=header["env"])
+    child = sandbox.fork_confined(spec, run, base_env=header["env"],
+                                  pass_fds=(verdict_fd, stderr_fd, conn.fileno()))
     os.close(verdict_fd)
     os.close(stderr_fd)
     send_line(conn, {"pid": child, "group": os.getpid()})
@@ -268,7 +269,7 @@ class ForkedChild:
         """The checker process's exit code (negative: killed by that signal); None if the supervisor was
         killed before it could say."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
+        while self.conn.fileno() >= 0:  # not yet closed by an earlier wait
             *lines, self._buffer = self._buffer.split(b"\n")
             for line in lines:
                 try:
@@ -291,6 +292,7 @@ class ForkedChild:
                 self.conn.close()
                 return None
             self._buffer += chunk
+        return self.returncode
 
     def kill(self) -> None:
         try:

@@ -177,7 +177,7 @@ def _build_view(spec: dict) -> None:
     """Mount namespace: hide everything sensitive, bind back what the code needs (we are root here)."""
     uid, workdir = spec["uid"], spec["workdir"]
     visible_repo = [str(REPO / name) for name in REPO_VISIBLE if (REPO / name).exists()]
-    keep = [p for p in spec["keep"] if os.path.isdir(p)] + visible_repo + _interpreter_paths()
+    keep = list(dict.fromkeys([p for p in spec["keep"] if os.path.isdir(p)] + visible_repo + _interpreter_paths()))
     covers = _private_ancestors(keep + [workdir])
     for path in spec["keep"]:
         if os.path.isdir(path):
@@ -312,13 +312,14 @@ def enter_namespaces() -> bool:
     return True
 
 
-def fork_confined(spec: dict, run, base_env: dict | None = None) -> int:
+def fork_confined(spec: dict, run, base_env: dict | None = None, pass_fds: tuple = ()) -> int:
     """Fork a child that runs ``run()`` confined like ``enter`` confines a program; returns its pid.
 
     After ``enter_namespaces()`` the child is pid 1 of the fresh namespaces: it mounts its own /proc and
-    builds the private view. It gets the environment ``confine`` gives (from ``base_env``), dies with
-    this process (parent-death signal, set after the user switch, which would clear it) and never
-    returns: ``run`` should end with ``os._exit``; an exception ends the child with status 70.
+    builds the private view. It gets the environment ``confine`` gives (from ``base_env``), only the file
+    descriptors 0-2 and ``pass_fds`` (as exec with close_fds would), dies with this process (parent-death
+    signal, set after the user switch, which would clear it) and never returns: ``run`` should end with
+    ``os._exit``; an exception ends the child with status 70.
     """
     parent = os.getpid()
     pid = os.fork()
@@ -328,6 +329,7 @@ def fork_confined(spec: dict, run, base_env: dict | None = None) -> int:
         if os.getpid() == 1:
             _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
         env = confine(spec, base_env=base_env)
+        _close_all_but((0, 1, 2, *pass_fds))
         os.environ.clear()
         os.environ.update(env)
         import tempfile
@@ -342,6 +344,17 @@ def fork_confined(spec: dict, run, base_env: dict | None = None) -> int:
         traceback.print_exc()
     finally:
         os._exit(70)
+
+
+def _close_all_but(kept: tuple) -> None:
+    """Close every file descriptor of this process except ``kept``."""
+    for name in os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"):
+        fd = int(name)
+        if fd not in kept:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the listing's own descriptor, already gone
 
 
 def kill_user_processes(uid: int) -> int:

@@ -46,6 +46,8 @@ def forked(code: str, workdir: Path, **kw) -> subprocess.CompletedProcess:
                 def run():
                     os.dup2(out.fileno(), 1)
                     os.dup2(err.fileno(), 2)
+                    os.close(out.fileno())
+                    os.close(err.fileno())
                     sys.stdout = open(1, "w", closefd=False)  # not pytest's capture objects
                     sys.stderr = open(2, "w", closefd=False)
                     status = 0
@@ -60,7 +62,8 @@ def forked(code: str, workdir: Path, **kw) -> subprocess.CompletedProcess:
                     sys.stderr.flush()
                     os._exit(status)
 
-                child = sandbox.fork_confined(spec, run, base_env=dict(os.environ))
+                child = sandbox.fork_confined(spec, run, base_env=dict(os.environ),
+                                              pass_fds=(out.fileno(), err.fileno()))
                 status = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
                 os._exit(status if status >= 0 else 128 - status)
             finally:
@@ -187,3 +190,18 @@ def test_process_count_is_bounded(way, tmp_path):
     """, tmp_path, way, processes=20)
     assert "stopped after" in done.stdout, done.stdout + done.stderr
     assert int(done.stdout.split()[2]) < 20
+
+
+def test_no_file_descriptor_beyond_the_standard_three(way, tmp_path):
+    """A forked child inherits every descriptor its parent holds (the checker server's, the view's
+    bind-mount handles): only 0-2 may reach the confined code, as with exec and close_fds."""
+    done = sandboxed("""
+        import os
+        for name in sorted(os.listdir("/proc/self/fd"), key=int):
+            try:
+                print(name, os.readlink("/proc/self/fd/" + name))
+            except OSError:
+                pass  # the listing's own descriptor
+    """, tmp_path, way)
+    assert done.returncode == 0, done.stderr
+    assert sorted(int(line.split()[0]) for line in done.stdout.splitlines()) == [0, 1, 2], done.stdout
