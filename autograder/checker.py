@@ -386,7 +386,7 @@ def run_child(job: dict, indices: list[int], *, cell_timeout: float, deadline: f
                           "cell_timeout": cell_timeout}).encode()
     run = Run()
     child = None
-    if server is not None and spec is not None:
+    if spec is not None:
         try:
             child = checker_server.launch(server, payload, verdict_fd=write_fd, env=env, sandbox_spec=spec)
         except OSError as error:  # e.g. the server died: this check still runs, the slow way

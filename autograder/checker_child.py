@@ -415,9 +415,6 @@ def import_order(preload: list[str]) -> list[str]:
     return ordered
 
 
-import_module = _import_module  # for the fork server (autograder.checker_server), which preloads
-
-
 def main() -> None:
     """``python -I -m autograder.checker_child``: the job comes on stdin."""
     job = _json_loads(sys.stdin.buffer.read().decode())

@@ -31,6 +31,7 @@ that behaves like the ``subprocess.Popen`` object of the exec'd child (``pid`` t
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import select
@@ -40,7 +41,6 @@ import struct
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 SERVER_VARIABLE = "FTLAB_CHECKER_SERVER"  # where check_submission finds the server (set per grading job)
@@ -72,7 +72,7 @@ def serve(socket_path: str, preload: list[str]) -> None:
     sandbox.protections()  # probe the namespaces once, here, not in every supervisor
     for name in checker_child.import_order(preload):
         try:
-            checker_child.import_module(name)
+            importlib.import_module(name)
         except Exception as error:  # the checker process retries and reports it in its notes
             print(f"import {name}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
@@ -153,7 +153,7 @@ def supervise(conn: socket.socket) -> None:
 
     os.setsid()  # the client kills this process group (supervisor + checker) when a check overruns
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    peer_pid, peer_uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+    _, peer_uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                                  struct.calcsize("3i")))
     if peer_uid != os.geteuid():
         raise PermissionError(f"uid {peer_uid} may not use this checker server")
@@ -245,15 +245,6 @@ class CheckerServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-@contextmanager
-def running(preload: list[str], folder: Path, env: dict | None = None):
-    server = CheckerServer.start(preload, folder, env)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 # ---- the client side ------------------------------------------------------------------------------------

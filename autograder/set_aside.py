@@ -15,22 +15,21 @@ which tests/test_notebooks.py checks for the course's notebooks.
 """
 from __future__ import annotations
 
-from nbgrader import utils
+import ast
+
 from nbgrader.preprocessors import NbGraderPreprocessor
+
+from autograder.checker import cell_source, is_test_cell, nbgrader_meta, parse_cell
 
 KEY = "ftlab_set_aside_source"
 PLACEHOLDER = "# this test cell is run by the independent checker, not in the student's kernel\n"
-
-
-def is_graded_test(cell) -> bool:
-    return cell.cell_type == "code" and utils.is_grade(cell) and not utils.is_solution(cell)
 
 
 class SetAsideTestCells(NbGraderPreprocessor):
     """Before Execute: each graded test cell's source is kept in its metadata and replaced by a comment."""
 
     def preprocess_cell(self, cell, resources, cell_index):
-        if is_graded_test(cell):
+        if cell.cell_type == "code" and is_test_cell(cell):
             cell.metadata[KEY] = cell.source
             cell.source = PLACEHOLDER
         return cell, resources
@@ -48,10 +47,6 @@ class PutBackTestCells(NbGraderPreprocessor):
 def test_cell_dependencies(notebook: dict) -> list[str]:
     """Names a later non-test code cell reads that only a graded test cell defined (in notebook order), as
     ``"cell N reads NAME, defined by test cell ID"``; empty when the test cells can be set aside."""
-    import ast
-
-    from autograder.checker import cell_source, is_test_cell, nbgrader_meta, parse_cell
-
     defined_by_test, problems = {}, []
     for number, cell in enumerate(notebook.get("cells", []), start=1):
         if cell.get("cell_type") != "code":

@@ -70,7 +70,7 @@ def measure(assignment: str, repeat: int) -> list[dict]:
         server_folder = Path(scratch) / "server"
         server_folder.mkdir(mode=0o700)
         start = time.perf_counter()
-        with checker_server.running(preload_for([source]), server_folder) as server:
+        with checker_server.CheckerServer.start(preload_for([source]), server_folder) as server:
             server.wait_ready()
             imports = time.perf_counter() - start  # once per grading run
             socket_path = str(server.socket_path)

@@ -108,7 +108,7 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("checker-server")
     os.chmod(folder, 0o700)
     preload = preload_for([HOSTILE / "toy_python.ipynb", HOSTILE / "toy_torch.ipynb", *LESSON_SOURCES])
-    with checker_server.running(preload, folder) as running:
+    with checker_server.CheckerServer.start(preload, folder) as running:
         yield str(running.socket_path)
 
 
@@ -362,7 +362,7 @@ def test_a_check_dies_with_the_process_that_asked_for_it(tmp_path):
     submitted.write_text(json.dumps(build_submission(parse_fixture(HOSTILE / "infinite_loop.py"))))
     folder = tmp_path / "server"
     folder.mkdir(mode=0o700)
-    with checker_server.running(["numpy"], folder) as running:
+    with checker_server.CheckerServer.start(["numpy"], folder) as running:
         assert running.wait_ready()
         client = subprocess.Popen(
             [sys.executable, "-c", "from autograder.checker import check_submission; check_submission("
