@@ -101,8 +101,8 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 def thread_settings(jobs: int) -> dict:
     """Each job's share of the cores for torch, TensorFlow and BLAS (unless the instructor set them).
 
-    Left alone, every kernel starts one compute thread per core: with --jobs 2 on 2 cores the PyTorch lesson
-    took 2.5 times longer to grade (4 submissions: 144 s instead of 57 s), the threads fighting for cores.
+    Left alone, every kernel starts one compute thread per core: with --jobs 2 on 2 cores, 4 PyTorch-lesson
+    submissions took 129 s to grade instead of 31 s, the BLAS threads fighting for the cores (README).
     """
     share = str(max(1, (os.cpu_count() or 1) // max(1, jobs)))
     return {name: os.environ.get(name, share) for name in THREAD_VARIABLES}
