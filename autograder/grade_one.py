@@ -5,7 +5,7 @@
 The job folder holds a complete course: the instructor's nbgrader_config.py (plus the sandbox kernel and
 timeouts appended), source/, release/, a private copy of the gradebook made by ``generate_assignment``, and
 ``submitted/<student>/<assignment>/<notebook>.ipynb``. Steps: nbgrader autograde -> (issue 7) the
-independent checker's verdicts replace the kernel's -> nbgrader generate_feedback -> result.json.
+judge's verdicts replace the kernel's -> nbgrader generate_feedback -> result.json.
 Nothing here writes outside the job folder; the pipeline merges the results.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _load_api(course: Path, execute: bool = True, set_aside_tests: bool = False)
     steps = Autograde.class_traits()["autograde_preprocessors"].default()
     if not execute:  # record the submission (cells restored, gradebook rows) without running it
         config.Autograde.autograde_preprocessors = [p for p in steps if p is not Execute]
-    elif set_aside_tests:  # the checker runs the test cells: the kernel runs everything else
+    elif set_aside_tests:  # the judge runs the test cells: the kernel runs everything else
         config.Autograde.autograde_preprocessors = [
             q for p in steps for q in ([SetAsideTestCells, Execute, PutBackTestCells] if p is Execute else [p])]
     api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
@@ -122,14 +122,15 @@ def nbgrader_checks(course: Path, job: dict) -> list[dict]:
     return checks
 
 
-def apply_checker_verdicts(course: Path, job: dict, checks: list[dict]) -> list[dict]:
-    """Issue 7: the independent checker's verdicts replace what the student's kernel reported.
+def apply_verdicts(course: Path, job: dict, checks: list[dict]) -> list[dict]:
+    """The judge's verdicts replace what the student's kernel reported (``autograder.judge``).
 
-    Scores go into this job's gradebook (so feedback shows them) and the verdict text replaces the
-    test cell's outputs in the autograded notebook (so feedback shows the verdict, not the kernel's output).
+    Scores go into this job's gradebook (so feedback shows them) and each test cell's outputs in the
+    autograded notebook become what the judge's run of it printed plus the verdict (so feedback shows those).
     """
-    from autograder.checker import check_submission
     from nbgrader.api import Gradebook
+
+    from autograder.judge import check_submission
 
     by_key = {(c["notebook"], c["check"]): c for c in checks}
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
@@ -138,8 +139,8 @@ def apply_checker_verdicts(course: Path, job: dict, checks: list[dict]) -> list[
             submitted = course / "submitted" / job["student"] / job["assignment"] / name
             if not submitted.exists():
                 continue
-            verdicts = check_submission(source, submitted, timeout=job["checker_timeout"],
-                                        cell_timeout=job["cell_timeout"])
+            verdicts = check_submission(source, submitted, timeout=job["judge_timeout"],
+                                        cell_timeout=job["cell_timeout"], sandbox_settings=job.get("sandbox"))
             autograded = course / "autograded" / job["student"] / job["assignment"] / name
             nb = json.loads(autograded.read_text())
             for cell in nb["cells"]:
@@ -147,14 +148,14 @@ def apply_checker_verdicts(course: Path, job: dict, checks: list[dict]) -> list[
                 check = by_key.get((name, gid))
                 if check is None:
                     continue
-                verdict = verdicts.get(gid, {"passed": False, "message": "the checker gave no verdict"})
-                check.update(passed=bool(verdict["passed"]), judged_by="checker",
+                verdict = verdicts.get(gid, {"passed": False, "message": "the judge gave no verdict"})
+                check.update(passed=bool(verdict["passed"]), judged_by="judge",
                              score=check["max_score"] if verdict["passed"] else 0.0,
                              message=str(verdict.get("message", ""))[:500])
                 grade = gb.find_grade(gid, name[:-len(".ipynb")], job["assignment"], job["student"])
                 grade.auto_score = check["score"]
                 grade.manual_score = None
-                text = "Independent checker: " + ("passed" if check["passed"] else "FAILED")
+                text = "Grader: " + ("passed" if check["passed"] else "FAILED")
                 if check["message"]:
                     text += f"\n{check['message']}"
                 printed = str(verdict.get("output") or "")
@@ -163,14 +164,6 @@ def apply_checker_verdicts(course: Path, job: dict, checks: list[dict]) -> list[
             gb.db.commit()
             autograded.write_text(json.dumps(nb, indent=1))
     return checks
-
-
-def checker_available() -> bool:
-    try:
-        import autograder.checker  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def autograde_error(result: dict) -> str:
@@ -185,7 +178,7 @@ def autograde_error(result: dict) -> str:
 
 def grade(job: dict, timings: dict) -> dict:
     course = Path(job["course"])
-    api = _load_api(course, set_aside_tests=job["use_checker"])
+    api = _load_api(course, set_aside_tests=job["use_judge"])
     timings["start"] = time.perf_counter()
     notes = []
     for name in job["notebooks"]:
@@ -196,24 +189,23 @@ def grade(job: dict, timings: dict) -> dict:
     result = api.autograde(job["assignment"], job["student"], force=True, create=True)
     if not result.get("success"):
         error = autograde_error(result)
-        if not job["use_checker"]:
+        if not job["use_judge"]:
             return {"status": "failed", "reason": f"nbgrader autograde failed: {error}", "checks": []}
         # nbgrader gives up on the whole notebook when the kernel dies (os._exit, a crash): record the
-        # submission without running it; the independent checker, which never needed that kernel, judges it.
-        notes.append(f"the notebook could not be run to the end ({error}); scores come from the independent checker")
+        # submission without running it; the judge, which never needed that kernel, decides the scores.
+        notes.append(f"the notebook could not be run to the end ({error}); scores come from the judge")
         api = _load_api(course, execute=False)
         result = api.autograde(job["assignment"], job["student"], force=True, create=True)
         if not result.get("success"):
             return {"status": "failed", "reason": f"nbgrader autograde failed: {autograde_error(result)}", "checks": []}
     timings["autograde"] = time.perf_counter()
     checks = nbgrader_checks(course, job)
-    if job["use_checker"]:
+    if job["use_judge"]:
         try:
-            checks = apply_checker_verdicts(course, job, checks)
-            timings["checker"] = time.perf_counter()
+            checks = apply_verdicts(course, job, checks)
+            timings["judge"] = time.perf_counter()
         except Exception as exc:
-            return {"status": "failed", "checks": [],
-                    "reason": f"independent checker error: {type(exc).__name__}: {exc}"[:300]}
+            return {"status": "failed", "checks": [], "reason": f"judge error: {type(exc).__name__}: {exc}"[:300]}
     feedback = api.generate_feedback(job["assignment"], job["student"], force=True)
     timings["feedback"] = time.perf_counter()
     if not feedback.get("success"):
