@@ -57,6 +57,7 @@ MESSAGE_LIMIT = 3000
 OUTPUT_LIMIT = 20_000       # characters of a test cell's printed output kept for the feedback
 LITERAL_LIMIT = 100_000     # characters of one literal taken from a student's cell
 STDERR_TAIL = 4000
+FRESH_START = 120.0         # seconds a runner may take to start (a fresh interpreter imports the frameworks)
 
 
 # ---- calling a student's function: one runner per call ------------------------------------------------
@@ -112,10 +113,15 @@ class Runners:
                 return b"", f"could not be run: {error}"
             threading.Thread(target=feed, args=(child.stdin, request), daemon=True).start()
         os.close(write_fd)
+        started, ready = time.monotonic(), threading.Event()
         tail = bytearray()
-        drain = threading.Thread(target=keep_tail, args=(child.stderr, tail), daemon=True)
+        drain = threading.Thread(target=keep_tail, args=(child.stderr, tail, ready), daemon=True)
         drain.start()
-        answer, problem = read_answer(read_fd, time.monotonic() + limit)
+
+        def deadline() -> float:  # the limit counts from the moment the student's code may run
+            return ready.when + limit if ready.is_set() else started + limit + FRESH_START
+
+        answer, problem = read_answer(read_fd, deadline)
         os.close(read_fd)
         code = None
         if problem is None:
@@ -136,7 +142,8 @@ class Runners:
         if problem:
             return b"", problem
         if not answer:
-            last = bytes(tail).decode(errors="replace").strip().splitlines()[-3:]
+            last = [line for line in bytes(tail).decode(errors="replace").strip().splitlines()
+                    if "ftlab-runner-ready" not in line][-3:]
             why = f"ended without an answer: the process running it {describe_exit(code)}"
             return b"", why + ("; its last output: " + " | ".join(line[:200] for line in last) if last else "")
         return answer, ""
@@ -150,16 +157,20 @@ def feed(stdin, data: bytes) -> None:
         pass
 
 
-def keep_tail(stream, tail: bytearray) -> None:
+def keep_tail(stream, tail: bytearray, ready: threading.Event) -> None:
+    """Keep the end of a runner's stderr; note when it says it is about to load the student's code."""
     for chunk in iter(lambda: stream.read1(65536), b""):
+        if not ready.is_set() and runner.READY in bytes(tail[-len(runner.READY):]) + chunk:
+            ready.when = time.monotonic()
+            ready.set()
         tail.extend(chunk)
         del tail[:-STDERR_TAIL]
 
 
-def read_answer(fd: int, deadline: float) -> tuple[bytes, str | None]:
+def read_answer(fd: int, deadline) -> tuple[bytes, str | None]:
     parts, size = [], 0
     while True:
-        left = deadline - time.monotonic()
+        left = deadline() - time.monotonic()
         if left <= 0:
             return b"", "timeout"
         ready, _, _ = select.select([fd], [], [], min(left, 1.0))

@@ -29,6 +29,7 @@ import struct
 import sys
 
 LENGTH = struct.Struct("!Q")
+READY = b"\x00ftlab-runner-ready\n"  # on stderr, just before the first student statement: the time limit starts
 MAX_REQUEST_HEADER = 16 << 20
 
 
@@ -48,8 +49,9 @@ def parse_request(request: bytes) -> tuple[dict, memoryview]:
     return header, data[LENGTH.size + size:]
 
 
-def load_program(program: list, namespace: dict) -> list[str]:
-    """Run the program's chosen statements in ``namespace``; returns notes on statements that failed."""
+def load_program(program: list, namespace: dict, after_each=None) -> list[str]:
+    """Run the program's chosen statements in ``namespace``; returns notes on statements that failed.
+    ``after_each``: called after every statement (the runner puts back what definition-time code patched)."""
     notes = []
     for block in program:
         cell = block.get("cell") or "an instructor cell"
@@ -58,6 +60,8 @@ def load_program(program: list, namespace: dict) -> list[str]:
                 run_statement(statement, namespace, f"<cell {cell}>")
             except Exception as error:  # noqa: BLE001 - reported with the call's answer
                 notes.append(f"line {statement.get('line')} of {cell}: {type(error).__name__} while loading: {error}"[:300])
+            if after_each is not None:
+                after_each()
     return notes
 
 
@@ -102,8 +106,12 @@ def run(request: bytes, answer_fd: int) -> None:
         write(answer_fd, failure(wire, f"the runner could not read its request: {error}"))
         os._exit(2)
     del request, call_data
+    restore = wire.guard()
+    os.write(2, READY)
     namespace = {"__name__": "__main__", "__builtins__": builtins}
-    notes = load_program(header.get("program") or [], namespace)       # 2. the program
+    # 2. the program; after each statement, what definition-time code patched in the builtins and the answer's
+    # writer is put back (defence in depth: the judge reads the answer as data anyway)
+    notes = load_program(header.get("program") or [], namespace, after_each=restore)
     name = header.get("function")
     function = namespace.get(name)
     if not callable(function):
@@ -112,7 +120,7 @@ def run(request: bytes, answer_fd: int) -> None:
             ": the grader takes only def, class, import and literal assignments from your cells"
         write(answer_fd, failure(wire, why))
         os._exit(0)
-    write(answer_fd, wire.answer(function, call))                     # 3. the call, and what came of it
+    write(answer_fd, wire.answer(function, call, restore))            # 3. the call, and what came of it
     os._exit(0)  # no atexit handlers, no finalizers of student objects
 
 

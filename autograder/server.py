@@ -40,6 +40,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -147,6 +148,17 @@ def receive_request(conn: socket.socket) -> tuple[dict, bytes, list[int]]:
         raise
 
 
+def end_with_client(conn: socket.socket) -> None:
+    """A judge's watch: when the process that asked for its verdicts is gone, it ends at once (and its
+    runners' supervisors, seeing it go, kill the runners)."""
+    try:
+        while conn.recv(4096):
+            pass
+    except OSError:
+        pass
+    os._exit(1)
+
+
 def supervise(conn: socket.socket) -> None:
     """One request: become the judge, or start a confined runner and report on it."""
     from autograder import judge, runner, sandbox
@@ -161,6 +173,7 @@ def supervise(conn: socket.socket) -> None:
     if header.get("role") == "judge":
         for fd in fds:
             os.close(fd)
+        threading.Thread(target=end_with_client, args=(conn,), daemon=True).start()
         verdicts = judge.judge_job(json.loads(job))
         send_line(conn, {"verdicts": verdicts})
         return

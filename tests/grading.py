@@ -76,3 +76,30 @@ def grade(assignment: str, submissions: dict[str, dict | bytes], workdir: Path) 
                 continue
             scores[student] = {g.name: (g.score, g.max_score) for g in sub.grades}
     return scores
+
+
+def grade_in_production(assignment: str, submissions: dict[str, dict | bytes], workdir: Path,
+                        jobs: int = 2) -> tuple[dict, dict, Path]:
+    """Grade ``{student_id: notebook}`` the way instructors do (``python -m autograder grade``: sandboxed
+    kernel, the judge's verdicts). Returns ({student: {check: (score, max)}}, {student: {check: message}},
+    the output folder)."""
+    import csv
+    import subprocess
+    import sys
+
+    folder = Path(workdir) / "submissions"
+    name = notebook_name(assignment)
+    for student, nb in submissions.items():
+        (folder / student).mkdir(parents=True)
+        (folder / student / name).write_bytes(nb if isinstance(nb, bytes) else json.dumps(nb).encode())
+    out = Path(workdir) / "out"
+    done = subprocess.run([sys.executable, "-m", "autograder", "grade", assignment, str(folder), "--out", str(out),
+                           "--jobs", str(jobs)], capture_output=True, text=True, timeout=1800, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scores: dict = {s: {} for s in submissions}
+    messages: dict = {s: {} for s in submissions}
+    with open(out / "checks.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            scores[row["student_id"]][row["check"]] = (float(row["score"]), float(row["max_score"]))
+            messages[row["student_id"]][row["check"]] = row["message"]
+    return scores, messages, out

@@ -65,6 +65,17 @@ def stray_attributes(obj) -> list[str]:
     return list(getattr(obj, "_stray_attributes", []))
 
 
+# Read through the C-level descriptors, captured at import: a function under test that replaces
+# ``torch.Tensor.requires_grad`` or ``Module.__getattr__`` changes nothing in what is written down.
+_TensorBase = torch._C.TensorBase
+_requires_grad = _TensorBase.__dict__["requires_grad"].__get__
+_dtype = _TensorBase.__dict__["dtype"].__get__
+_size, _detach, _contiguous, _cpu, _numpy = _TensorBase.size, _TensorBase.detach, _TensorBase.contiguous, \
+    _TensorBase.cpu, _TensorBase.numpy
+_view = _TensorBase.view
+_state_of = object.__getattribute__
+
+
 def handles(value) -> bool:
     return isinstance(value, (torch.Tensor, torch.nn.Module, torch.optim.Optimizer))
 
@@ -83,23 +94,23 @@ def encode(encoder, value, depth: int):
 
 
 def tensor_bytes(tensor: torch.Tensor) -> bytes:
-    data = tensor.detach().cpu().contiguous()
-    if data.dtype == torch.bfloat16:
-        data = data.view(torch.int16)
-    return data.numpy().tobytes()
+    data = _contiguous(_cpu(_detach(tensor)))
+    if _dtype(data) == torch.bfloat16:
+        data = _view(data, torch.int16)
+    return _numpy(data).tobytes()
 
 
 def encode_tensor(encoder, tensor: torch.Tensor):
     node, first = encoder.remember(tensor)
     if not first:
         return node
-    dtype = str(tensor.dtype).removeprefix("torch.")
+    dtype = str(_dtype(tensor)).removeprefix("torch.")
     if dtype not in DTYPES:
         return {**node, "kind": "torch", "what": "unsupported", "type": f"a tensor of dtype {dtype}"}
     data = tensor_bytes(tensor)
-    node.update(kind="torch", what="tensor", param=isinstance(tensor, torch.nn.Parameter),
-                requires_grad=bool(tensor.requires_grad), dtype=dtype, shape=list(tensor.shape),
-                stray=sorted(str(k)[:40] for k in getattr(tensor, "__dict__", {}) if k != "_stray_attributes")[:10])
+    node.update(kind="torch", what="tensor", param=issubclass(type(tensor), torch.nn.Parameter),
+                requires_grad=bool(_requires_grad(tensor)), dtype=dtype, shape=list(_size(tensor)),
+                stray=sorted(str(k)[:40] for k in _state_of(tensor, "__dict__") if k != "_stray_attributes")[:10])
     if encoder.unchanged(node, data):
         node["same"] = True
     else:
@@ -111,7 +122,7 @@ def encode_module(encoder, module: torch.nn.Module, depth: int):
     node, first = encoder.remember(module)
     if not first:
         return node
-    state = vars(module)
+    state = _state_of(module, "__dict__")
     name = type_name(type(module))
     node.update(kind="torch", what="module", type=name, training=bool(state.get("training", True)))
     node["config"] = {key: encoder.encode(state[key], depth + 1) for key in LAYERS.get(name, ()) if key in state}
