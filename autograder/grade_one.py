@@ -81,6 +81,26 @@ def restore_nbgrader_metadata(submitted: Path, release: Path) -> list[str]:
     return changed
 
 
+def test_cell_changes(submitted: Path, release: Path) -> list[str]:
+    """What the student did to the released test cells (they are graded from the instructor's copy anyway):
+    ``test cell X was deleted: the original was restored`` / ``... was edited: the original was graded``."""
+    from autograder.cells import cell_source, is_test_cell, nbgrader_meta
+
+    def tests(path: Path) -> dict[str, str]:
+        cells = json.loads(path.read_text()).get("cells", [])
+        return {nbgrader_meta(c)["grade_id"]: cell_source(c).strip() for c in cells
+                if isinstance(c, dict) and is_test_cell(c)}
+
+    released, mine = tests(release), tests(submitted)
+    notes = []
+    for gid, text in released.items():
+        if gid not in mine:
+            notes.append(f"test cell {gid} was deleted: the original was restored")
+        elif mine[gid] != text:
+            notes.append(f"test cell {gid} was edited: the original was graded")
+    return notes
+
+
 def _cell_messages(autograded: Path) -> dict[str, str]:
     """grade_id -> the error a graded cell ended with in the student's kernel ("" if none)."""
     messages = {}
@@ -183,7 +203,8 @@ def grade(job: dict, timings: dict) -> dict:
     notes = []
     for name in job["notebooks"]:
         submitted = course / "submitted" / job["student"] / job["assignment"] / name
-        fixed = restore_nbgrader_metadata(submitted, course / "release" / job["assignment"] / name)
+        release = course / "release" / job["assignment"] / name
+        fixed = test_cell_changes(submitted, release) + restore_nbgrader_metadata(submitted, release)
         if fixed:
             notes.append(f"{name}: " + ", ".join(fixed))
     result = api.autograde(job["assignment"], job["student"], force=True, create=True)
@@ -204,6 +225,8 @@ def grade(job: dict, timings: dict) -> dict:
         try:
             checks = apply_verdicts(course, job, checks)
             timings["judge"] = time.perf_counter()
+            notes += [f"{c['check']}: {c['message'].splitlines()[0][:200]}" for c in checks if not c["passed"]
+                      and any(sign in c["message"] for sign in ("did not finish within", "ended without an answer"))]
         except Exception as exc:
             return {"status": "failed", "checks": [], "reason": f"judge error: {type(exc).__name__}: {exc}"[:300]}
     feedback = api.generate_feedback(job["assignment"], job["student"], force=True)

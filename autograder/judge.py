@@ -14,7 +14,7 @@ The judge reads both notebooks and plans the work (``autograder.cells.plan_submi
 instructor's import, ``def`` and literal statements itself, and binds each name the student's cells define:
 
 * a literal (``answer_q1 = "B"``) to its value, read with ``ast.literal_eval`` (data, no code runs);
-* a function (``def freeze_all``) to a ``RunnerFunction``: calling it sends the call's arguments as plain
+* a function (``def freeze_all``, or a name it imports) to a ``RunnerFunction``: calling it sends the call's arguments as plain
   data to a **runner** (``autograder.runner``), a new sandboxed process that loads the student's
   definitions, calls the function and sends back, as plain data, what it returned, raised and printed
   and what it changed in its arguments (``course.checks.wire``). The judge rebuilds those objects with
@@ -241,11 +241,9 @@ def student_bindings(plan: dict, runners: Runners, reserved: set) -> tuple[dict,
                     cell_notes.append(f"line {statement['line']}: the value could not be read ({error})"[:200])
                     for name in names:
                         bindings.pop(name, None)
-            elif statement.get("what") in ("def", "class"):
-                bindings[names[0]] = runner_function(names[0], runners)
-            else:  # an import: its value lives in the runner, not here
+            else:  # def, class, import: the object lives in the runner; calling it runs there
                 for name in names:
-                    bindings.pop(name, None)
+                    bindings[name] = runner_function(name, runners)
     exported = {name: value for name, value in bindings.items()
                 if not name.startswith("__") and name not in reserved}
     return exported, notes
