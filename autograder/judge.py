@@ -272,8 +272,9 @@ def judge(source_nb: Path, submitted_nb: Path, *, timeout: float = 300, cell_tim
     source = cells.read_notebook(Path(source_nb))
     ids = cells.graded_test_ids(source)
 
-    def verdict(passed: bool, message: str, output: str = "") -> dict:
-        return {"passed": passed, "message": message[:MESSAGE_LIMIT + 1600], "output": output}
+    def verdict(passed: bool, message: str, output: str = "", seconds: float = 0.0, calls: int = 0) -> dict:
+        return {"passed": passed, "message": message[:MESSAGE_LIMIT + 1600], "output": output,
+                "seconds": round(seconds, 3), "calls": calls}
 
     try:
         submitted = cells.read_notebook(Path(submitted_nb))
@@ -297,6 +298,7 @@ def judge(source_nb: Path, submitted_nb: Path, *, timeout: float = 300, cell_tim
             results[test["grade_id"]] = verdict(False, "this test cell uses nbgrader AUTOTEST, which the judge does not run")
             continue
         namespace = {**exported, **instructor}
+        started, calls = time.monotonic(), runners.calls
         printed = io.StringIO()
         passed, message = True, ""
         try:
@@ -314,7 +316,7 @@ def judge(source_nb: Path, submitted_nb: Path, *, timeout: float = 300, cell_tim
         text = printed.getvalue()
         if len(text) > OUTPUT_LIMIT:
             text = text[:OUTPUT_LIMIT] + "\n... (output cut)\n"
-        results[test["grade_id"]] = verdict(passed, message, text)
+        results[test["grade_id"]] = verdict(passed, message, text, time.monotonic() - started, runners.calls - calls)
     for gid in ids:  # graded test cells that are not code cells cannot pass automatically
         results.setdefault(gid, verdict(False, "not a code cell: graded by hand"))
     return {gid: results[gid] for gid in ids}

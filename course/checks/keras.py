@@ -6,9 +6,11 @@ of the model rebuilt from plain data, so the verdict here is the verdict at grad
 models it gets back by what they do (a real training step, a real prediction) and raises AssertionError
 with a message that names the mistake. Expected numbers come from reference models the check builds.
 
-Where the weights do not matter (which layers train, what one step changes) the checks use MobileNetV2
-with random weights on 32x32 images: the same layers and parameter counts as the lesson's model, quick
-to build and step. ``check_build_base`` compares your base with the course's weights.
+Where the weights and the architecture do not matter (which layers train, what one step changes) the
+checks use a small stand-in base built like MobileNetV2 (convolutions, BatchNormalization, ReLU6, a
+residual connection, average pooling), with random weights on 32x32 images: quick to build and step, and
+any function that fulfils the contract works on it as on MobileNetV2. ``check_build_base`` compares your
+base with MobileNetV2 and the course's weights.
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ from course.checks.wire import StudentCodeError, call
 
 CHECK_SHAPE = (32, 32, 3)   # small inputs for checks where the weights and image size do not matter
 LESSON_SHAPE = (96, 96, 3)  # the lesson's image size
-FEATURES = 1280             # MobileNetV2's pooled features
 
 
 @contextlib.contextmanager
@@ -38,24 +39,35 @@ def quiet():
 
 
 # ---- models and data the checks build ---------------------------------------------------------------
-def reference_base(input_shape=CHECK_SHAPE, calibrate=False):
-    """MobileNetV2 as the lesson builds it, random weights. With ``calibrate`` every BatchNormalization's
-    moving statistics are those of one random batch, so that every layer gets a real gradient."""
+def stand_in_base(calibrate=False):
+    """A small base built like MobileNetV2 (ends in BatchNormalization layers, then average pooling). With
+    ``calibrate`` every BatchNormalization's moving statistics are those of one random batch, so that every
+    layer gets a real gradient."""
     keras.utils.set_random_seed(0)
-    base = keras.applications.MobileNetV2(weights=None, include_top=False, pooling="avg", input_shape=input_shape)
+    layers = keras.layers
+    inputs = keras.Input(CHECK_SHAPE, name="stand_in_input")
+    x = layers.ReLU(6.0, name="conv1_relu")(layers.BatchNormalization(name="conv1_bn")(
+        layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="conv1")(inputs)))
+    y = layers.ReLU(6.0, name="block1_depthwise_relu")(layers.BatchNormalization(name="block1_depthwise_bn")(
+        layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="block1_depthwise")(x)))
+    y = layers.BatchNormalization(name="block1_project_bn")(layers.Conv2D(8, 1, use_bias=False, name="block1_project")(y))
+    x = layers.Add(name="block1_add")([x, y])
+    x = layers.ReLU(6.0, name="last_relu")(layers.BatchNormalization(name="last_bn")(
+        layers.Conv2D(16, 1, use_bias=False, name="last_conv")(x)))
+    base = keras.Model(inputs, layers.GlobalAveragePooling2D(name="pool")(x), name="stand_in_base")
     if calibrate:
         norms = batch_norms(base)
         momenta = [bn.momentum for bn in norms]
         for bn in norms:
             bn.momentum = 0.0
-        base(batch(input_shape, 1, n=8, seed=99)[0], training=True)
+        base(batch(CHECK_SHAPE, 1, n=8, seed=99)[0], training=True)
         for bn, momentum in zip(norms, momenta):
             bn.momentum = momentum
     return base
 
 
 def frozen_base(calibrate=False):
-    base = reference_base(calibrate=calibrate)
+    base = stand_in_base(calibrate=calibrate)
     base.trainable = False
     return base
 
@@ -209,7 +221,7 @@ def check_freeze_all(freeze_all):
     included) and returns the same model; a training step then changes none of its weights, BatchNormalization
     statistics included."""
     with quiet():
-        base = reference_base(calibrate=True)
+        base = stand_in_base(calibrate=True)
         returned = call(freeze_all, base)
         still = [layer.name for layer in leaves(base) if layer.trainable]
         if still and not base.trainable_weights:
@@ -261,10 +273,11 @@ def check_add_head(add_head):
             trainable = model.trainable_weights
             assert trainable, ("the model from add_head has no trainable weights: the new head was frozen too. Only "
                                "the base is frozen; the new Dense layer must stay trainable")
-            expected = FEATURES * num_classes + num_classes
+            features = int(base.outputs[0].shape[-1])
+            expected = features * num_classes + num_classes
             assert count(trainable) == expected, (
                 f"the model from add_head has {count(trainable):,} trainable parameters; a new Dense head on the frozen "
-                f"base has {expected:,} (kernel {FEATURES}x{num_classes} plus {num_classes} biases): {names(trainable)}")
+                f"base has {expected:,} (kernel {features}x{num_classes} plus {num_classes} biases): {names(trainable)}")
         X, y = batch(CHECK_SHAPE, 3, seed=2)
         before_base, before_all = snapshot(base.weights), snapshot(model.weights)
         one_step(model, X, y)
@@ -295,9 +308,9 @@ def check_unfreeze_last(unfreeze_last):
     layers, which stay frozen; every other layer keeps its flag; n=0 changes nothing and n larger than the
     number of layers means all of them; it returns ``base``. Then a training step moves exactly those layers."""
     with quiet():
-        size = len(reference_base().layers)
-        for n in (0, 7, 20, size + 10):
-            base = all_frozen_base(calibrate=n == 20)
+        size = len(stand_in_base().layers)
+        for n in (0, 4, 9, size + 10):
+            base = all_frozen_base(calibrate=n == 9)
             returned = call(unfreeze_last, base, n)
             want = expected_unfrozen(base, n)
             got = [layer.name for layer in layers_with_weights(base) if layer.trainable]
@@ -318,7 +331,7 @@ def check_unfreeze_last(unfreeze_last):
             assert not missing, (f"unfreeze_last(base, {n}) left some of the last {n} layers frozen "
                                  f"({', '.join(missing[:4])}): count n layers from the end of base.layers")
             assert returned is base, f"unfreeze_last(base, n) should return base, it returned {type(returned).__name__}"
-            if n == 20:
+            if n == 9:
                 model, head = head_on(base)
                 opened = [v for name in want for v in base.get_layer(name).weights]
                 kept = [v for v in base.weights if all(v is not w for w in opened)]

@@ -273,7 +273,7 @@ def check_unfreeze_last(unfreeze_last):
     gradients and changes no other flag (earlier blocks stay frozen, the head stays trainable); n=0 changes
     nothing, n larger than the number of blocks unfreezes them all; it returns the model."""
     blocks = len(new_model().features)
-    for n in (0, 1, 3, blocks + 4):
+    for n in (1, 3, 0, blocks + 4):
         model = lesson_model()
         returned = call(unfreeze_last, model, n)
         want, got = set(trainable_names(lesson_model(n))), set(trainable_names(model))
