@@ -131,7 +131,7 @@ def test_the_visible_check_and_the_grader_give_the_stated_verdict(visible, judge
     assert agrees(seen, expected), f"visible check: {seen}"
     assert agrees(graded, expected), f"grader: {graded}"
     if expected != PASS:  # the student sees the grader's message already in the notebook
-        assert graded["message"].split("\n(grader notes")[0] in seen["message"], (graded["message"], seen["message"])
+        assert graded["message"][:60] in seen["message"], (graded["message"], seen["message"])  # the check's own words
 
 
 def test_validate_gives_the_same_verdicts(tmp_path):

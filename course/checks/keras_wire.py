@@ -344,6 +344,17 @@ def set_variables(decoder, model, variables) -> None:
         decoder.register(node, variable)
 
 
+def objects(value):
+    """Serialized losses and metrics (alone, in lists or dicts) as objects; names stay names."""
+    if isinstance(value, dict) and "class_name" in value:
+        return deserialize(value)
+    if isinstance(value, list):
+        return [objects(v) for v in value]
+    if isinstance(value, dict):
+        return {k: objects(v) for k, v in value.items()}
+    return value
+
+
 def set_compile(decoder, model, node) -> None:
     state = node.get("compile")
     if state is None:
@@ -354,8 +365,8 @@ def set_compile(decoder, model, node) -> None:
     fresh = decoder.existing(node) is None
     if fresh or node.get("recompiled") is True or not getattr(model, "compiled", False):
         optimizer = deserialize(state["optimizer"])
-        extra = {key: deserialize(state[key]) if isinstance(state[key], dict) else state[key]
-                 for key in ("loss", "metrics", "loss_weights", "weighted_metrics") if state.get(key) is not None}
+        extra = {key: objects(state[key]) for key in ("loss", "metrics", "loss_weights", "weighted_metrics")
+                 if state.get(key) is not None}
         flags = {key: state[key] for key in ("run_eagerly", "jit_compile", "steps_per_execution")
                  if type(state.get(key)) in (bool, int)}
         try:
