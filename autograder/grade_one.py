@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -142,7 +143,39 @@ def nbgrader_checks(course: Path, job: dict) -> list[dict]:
     return checks
 
 
-def apply_verdicts(course: Path, job: dict, checks: list[dict]) -> list[dict]:
+class Judging:
+    """The judge's verdicts for each notebook, computed in a thread while nbgrader runs the kernel (the two
+    never wait for each other: the kernel's outputs are only for the feedback)."""
+
+    def __init__(self, course: Path, job: dict):
+        self.course, self.job, self.verdicts, self.error, self.seconds = course, job, {}, None, 0.0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        from autograder.judge import check_submission
+
+        started = time.perf_counter()
+        try:
+            for name in self.job["notebooks"]:
+                source = self.course / "source" / self.job["assignment"] / name
+                submitted = self.course / "submitted" / self.job["student"] / self.job["assignment"] / name
+                if submitted.exists():
+                    self.verdicts[name] = check_submission(
+                        source, submitted, timeout=self.job["judge_timeout"], cell_timeout=self.job["cell_timeout"],
+                        sandbox_settings=self.job.get("sandbox"))
+        except Exception as exc:  # noqa: BLE001 - reported as this submission's failure
+            self.error = f"judge error: {type(exc).__name__}: {exc}"[:300]
+        self.seconds = time.perf_counter() - started
+
+    def wait(self) -> dict:
+        self.thread.join()
+        if self.error:
+            raise RuntimeError(self.error)
+        return self.verdicts
+
+
+def apply_verdicts(course: Path, job: dict, checks: list[dict], verdicts_by_notebook: dict) -> list[dict]:
     """The judge's verdicts replace what the student's kernel reported (``autograder.judge``).
 
     Scores go into this job's gradebook (so feedback shows them) and each test cell's outputs in the
@@ -150,17 +183,9 @@ def apply_verdicts(course: Path, job: dict, checks: list[dict]) -> list[dict]:
     """
     from nbgrader.api import Gradebook
 
-    from autograder.judge import check_submission
-
     by_key = {(c["notebook"], c["check"]): c for c in checks}
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        for name in job["notebooks"]:
-            source = course / "source" / job["assignment"] / name
-            submitted = course / "submitted" / job["student"] / job["assignment"] / name
-            if not submitted.exists():
-                continue
-            verdicts = check_submission(source, submitted, timeout=job["judge_timeout"],
-                                        cell_timeout=job["cell_timeout"], sandbox_settings=job.get("sandbox"))
+        for name, verdicts in verdicts_by_notebook.items():
             autograded = course / "autograded" / job["student"] / job["assignment"] / name
             nb = json.loads(autograded.read_text())
             for cell in nb["cells"]:
@@ -207,6 +232,7 @@ def grade(job: dict, timings: dict) -> dict:
         fixed = test_cell_changes(submitted, release) + restore_nbgrader_metadata(submitted, release)
         if fixed:
             notes.append(f"{name}: " + ", ".join(fixed))
+    judging = Judging(course, job) if job["use_judge"] else None
     result = api.autograde(job["assignment"], job["student"], force=True, create=True)
     if not result.get("success"):
         error = autograde_error(result)
@@ -221,19 +247,21 @@ def grade(job: dict, timings: dict) -> dict:
             return {"status": "failed", "reason": f"nbgrader autograde failed: {autograde_error(result)}", "checks": []}
     timings["autograde"] = time.perf_counter()
     checks = nbgrader_checks(course, job)
-    if job["use_judge"]:
+    if judging is not None:
         try:
-            checks = apply_verdicts(course, job, checks)
-            timings["judge"] = time.perf_counter()
+            checks = apply_verdicts(course, job, checks, judging.wait())
+            timings["judge_wait"] = time.perf_counter()  # beyond the kernel's run, which it overlaps
             notes += [f"{c['check']}: {c['message'].splitlines()[0][:200]}" for c in checks if not c["passed"]
                       and any(sign in c["message"] for sign in ("did not finish within", "ended without an answer"))]
         except Exception as exc:
-            return {"status": "failed", "checks": [], "reason": f"judge error: {type(exc).__name__}: {exc}"[:300]}
+            return {"status": "failed", "checks": [], "reason": str(exc)[:300] if "judge error" in str(exc)
+                    else f"judge error: {type(exc).__name__}: {exc}"[:300]}
     feedback = api.generate_feedback(job["assignment"], job["student"], force=True)
     timings["feedback"] = time.perf_counter()
     if not feedback.get("success"):
         notes.append("feedback could not be generated")
-    return {"status": "graded", "reason": "; ".join(notes), "checks": checks}
+    return {"status": "graded", "reason": "; ".join(notes), "checks": checks,
+            "judge_seconds": round(judging.seconds, 3) if judging else None}
 
 
 PRELOAD = ["nbgrader.apps", "nbgrader.api", "nbgrader.converters", "nbconvert.exporters", "jupyter_client",
@@ -270,6 +298,8 @@ def main(job_file: str) -> int:
     marks = list(timings.items())  # seconds spent in each step, for the benchmark
     result["timings"] = {name: round(t - marks[i][1], 3) for i, (name, t) in enumerate(marks[1:])}
     result["timings"]["imports"] = round(marks[0][1] - STARTED, 3) if marks else None
+    if result.get("judge_seconds") is not None:  # the judge's own time, alongside the kernel's run
+        result["timings"]["judge"] = result.pop("judge_seconds")
     (job_path.parent / "result.json").write_text(json.dumps(result, indent=1))
     return 0
 
