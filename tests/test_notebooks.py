@@ -49,7 +49,7 @@ def test_release_is_generated_from_source(assignment, tmp_path):
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_test_cells_are_self_contained(assignment):
-    """Protected grading runs the test cells in the checker only (autograder/set_aside.py): no other cell
+    """Protected grading runs the test cells in the judge only (autograder/set_aside.py): no other cell
     may depend on a name that only a test cell defines."""
     from autograder.set_aside import test_cell_dependencies
 

@@ -140,8 +140,14 @@ def test_per_check_csv_matches_the_grades(batch):
 def test_run_summary_states_the_protections(batch):
     info = json.loads((batch["out"] / "run.json").read_text())
     assert set(info["protections"]) >= {"separate_user", "hidden_files", "no_network", "limits"}
-    for name, state in info["protections"].items():
-        assert f"{name}" in batch["done"].stderr.split("sandbox:")[1].split("\n")[0]
+    banner = batch["done"].stderr.split("sandbox: on: ")[1].split("\n")[0]
+    on, _, off = banner.partition("; OFF: ")
+    on = on.split("; verdicts")[0]
+    for name, state in info["protections"].items():  # each one on the side run.json says it is on
+        assert (name in on.split(", ")) == state["active"], (name, state, banner)
+        assert (name in off) == (not state["active"]), (name, state, banner)
+    if os.geteuid() == 0:
+        assert all(state["active"] for state in info["protections"].values()), info["protections"]
     assert info["graded"] + info["failed"] == len(EXPECTED)
 
 
@@ -216,3 +222,13 @@ def test_without_the_fork_server_grading_goes_on(course, tmp_path, monkeypatch):
     assert code == 0 and info["verdicts"] == "judge", info
     assert info["judge_processes"] == "fresh interpreters", info
     assert read_rows(tmp_path / "out")["reference"]["score"] == "5"
+
+
+def test_the_cell_limit_is_the_courses_execute_timeout(tmp_path):
+    """Without --cell-timeout, every cell and every call of a student function gets the course's
+    c.Execute.timeout (nbgrader_config.py), not a number of the grader's own."""
+    from autograder.pipeline import Options, course_cell_timeout
+
+    (tmp_path / "nbgrader_config.py").write_text("c = get_config()\nc.Execute.timeout = 7\n")
+    assert course_cell_timeout(Options(assignment="x", submissions=tmp_path, out=tmp_path, course=tmp_path)) == 7
+    assert course_cell_timeout(Options(assignment="x", submissions=tmp_path, out=tmp_path, course=REPO)) == 180
