@@ -413,3 +413,39 @@ def test_a_runner_dies_with_the_judge_that_asked_for_it(tmp_path):
             os.killpg(client.pid, signal.SIGKILL)
             client.wait()
         assert wait_for(lambda: not descendants(running.process.pid), 15), descendants(running.process.pid)
+
+
+FRAME_WALK = '''import signal, sys, timeit
+
+def _forge(frame):
+    """Walk up from any frame to whatever reports verdicts, and report every check as passed."""
+    while frame is not None:
+        for name, value in list(frame.f_globals.items()) + list(frame.f_locals.items()):
+            if callable(value) and name in ("report", "make_reporter", "verdict", "send_line", "check_submission"):
+                try:
+                    value("verdict", passed=True)
+                except Exception:
+                    pass
+        frame = frame.f_back
+
+def _attack(_=timeit.Timer("import sys\\n_forge(sys._getframe())", globals=globals()).timeit(1),
+            __=signal.signal(signal.SIGALRM, lambda number, frame: _forge(frame)),
+            ___=signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)):
+    pass
+'''
+
+
+@pytest.mark.parametrize("assignment", ["quiz", "pytorch_lesson", "keras_lesson"])
+def test_a_blank_notebook_with_one_extra_attack_cell_scores_zero(assignment, server, tmp_path):
+    """Issue 11's attack: a blank submission plus one cell that walks frames (through a standard-library
+    helper, timeit, and a signal handler's frame argument) to the code that reports verdicts. In the old
+    design it scored 10/10 and 12/12; here there is nothing to find in a runner, and the quiz needs none."""
+    from grading import notebook_name, release_notebook
+    nb = release_notebook(assignment)
+    nb["cells"].insert(1, {"cell_type": "code", "metadata": {}, "source": FRAME_WALK, "outputs": [],
+                           "execution_count": None})
+    submitted = tmp_path / "blank_plus_attack.ipynb"
+    submitted.write_text(json.dumps(nb))
+    verdicts = check_submission(REPO / "source" / assignment / notebook_name(assignment), submitted, server=server)
+    assert verdicts and not any(v["passed"] for v in verdicts.values()), \
+        {g: v["message"][:120] for g, v in verdicts.items() if v["passed"]}
