@@ -190,3 +190,13 @@ def test_the_seeds_mistakes_lose_exactly_the_points_of_their_checks(production):
     scores, _, _ = production
     broken = {f"correct_{name}" for name in SEED_MISTAKES}
     assert scores["seed_mistakes"] == {gid: (0 if gid in broken else p, p) for gid, p in points().items()}
+
+
+def test_the_feedback_shows_the_students_outputs_and_each_checks_message(production):
+    import html
+    _, messages, out = production
+    page = html.unescape((out / "feedback" / "seed_mistakes.html").read_text())
+    assert "Grader: FAILED" in page and "Grader: passed" in page
+    assert messages["seed_mistakes"]["correct_replace_head"][:60] in page
+    assert "looks right" in page  # what a passing test cell printed in the judge
+    assert "trainable" in page and "Weights:" in page  # the lesson's own cells ran in the student's kernel
