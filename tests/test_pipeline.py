@@ -374,7 +374,7 @@ CappedExecute, _ = output_cap_classes()
 nb = new_notebook(cells=[new_code_cell("print('x' * 200_000_000)"), new_code_cell("print('after')"),
                          new_code_cell("for i in range(5000):\n    print('y' * 1000)")])
 nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-CappedExecute(timeout=120, kernel_name="python3").preprocess(nb, {"metadata": {"path": "."}})
+CappedExecute(timeout=120, kernel_name="python3", iopub_timeout=1).preprocess(nb, {"metadata": {"path": "."}})
 outputs = [[(o.output_type, (o.get("text") or "")[-300:]) for o in c.outputs] for c in nb.cells]
 sizes = [sum(len(o.get("text") or "") for o in c.outputs) for c in nb.cells]
 print("RESULT", {"outputs": outputs, "sizes": sizes,
