@@ -14,8 +14,6 @@ share of the cores for framework threads (``thread_settings``).
 """
 from __future__ import annotations
 
-import csv
-import html
 import json
 import multiprocessing
 import secrets
@@ -33,11 +31,10 @@ from pathlib import Path
 
 from autograder import sandbox, server as fork_server
 from autograder.grade_one import PRELOAD, child_main
-from autograder.submissions import InstructorError, Submission, find_submissions, unpack
+from autograder.reports import CHECKS_COLUMNS, GRADES_COLUMNS, fmt, write_reports  # noqa: F401 (the CSV schema)
+from autograder.submissions import InstructorError, Submission, find_submissions, printable, unpack
 
 REPO = Path(__file__).resolve().parents[1]
-GRADES_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "reason"]
-CHECKS_COLUMNS = ["student_id", "assignment", "notebook", "check", "score", "max_score", "passed", "judged_by", "message"]
 SANDBOX_KERNEL = "ftlab-sandbox"
 def first_uid() -> int:
     """Job i of this run runs as uid first_uid() + i (kernel and runners alike). A random base per run,
@@ -71,10 +68,6 @@ class Row:
     feedback: Path | None = None
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)
-
-
-def fmt(x: float | None) -> str:
-    return "" if x is None else f"{x:g}"
 
 
 def log(message: str) -> None:
@@ -158,7 +151,7 @@ def prepare_job(opts: Options, root: Path, template: Path, sub: Submission, inde
     folder = course / "submitted" / sub.student_id / opts.assignment
     folder.mkdir(parents=True)
     for name, path in sub.notebooks.items():
-        shutil.copyfile(path, folder / name)  # read-only use of the student's file
+        shutil.copyfile(path, folder / name)  # the private copy of the bytes read (autograder.submissions)
     settings = ""
     if opts.cell_timeout:
         settings += f"\nc.Execute.timeout = {int(opts.cell_timeout)}\n"
@@ -257,13 +250,6 @@ def run_job(opts: Options, job: dict, sub: Submission) -> Row:
 
 
 # ----------------------------------------------------------------------------- outputs
-def failed_feedback(student: str, assignment: str, reason: str) -> str:
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(assignment)}: feedback"
-            f"</title></head><body><h1>{html.escape(assignment)}: {html.escape(student)}</h1>"
-            f"<p>Your submission could not be graded automatically:</p><p><b>{html.escape(reason)}</b></p>"
-            f"<p>Please contact your instructor.</p></body></html>\n")
-
-
 def mean_steps(timings: list[dict]) -> dict:
     """Mean seconds per grading step over the graded submissions (imports, autograde, judge, feedback)."""
     names = sorted({k for t in timings for k, v in t.items() if v is not None})
@@ -271,25 +257,7 @@ def mean_steps(timings: list[dict]) -> dict:
 
 
 def write_outputs(opts: Options, rows: list[Row], max_score: float, run_info: dict) -> None:
-    (opts.out / "feedback").mkdir(parents=True, exist_ok=True)
-    with open(opts.out / "grades.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(GRADES_COLUMNS)
-        for r in rows:
-            w.writerow([r.student_id, opts.assignment, fmt(r.score), fmt(max_score), r.status, r.reason])
-    with open(opts.out / "checks.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(CHECKS_COLUMNS)
-        for r in rows:
-            for c in r.checks:
-                w.writerow([r.student_id, opts.assignment, c["notebook"], c["check"], fmt(c["score"]),
-                            fmt(c["max_score"]), c["passed"], c["judged_by"], c["message"]])
-    for r in rows:
-        target = opts.out / "feedback" / f"{r.student_id}.html"
-        if r.feedback:
-            shutil.copyfile(r.feedback, target)
-        else:
-            target.write_text(failed_feedback(r.student_id, opts.assignment, r.reason or "no feedback"))
+    write_reports(opts.out, opts.assignment, rows, max_score)  # grades.csv, checks.csv, feedback/ (reports.py)
     (opts.out / "run.json").write_text(json.dumps(run_info, indent=1) + "\n")
 
 
@@ -313,10 +281,14 @@ def grade(opts: Options) -> int:
     os.chmod(root, 0o700)
     server = None
     try:
-        folder = opts.submissions
+        folder, refused = opts.submissions, []
         if folder.is_file():
-            folder = unpack(folder, root / "unzipped")
-        subs = find_submissions(folder, opts.assignment, notebooks)
+            unpacked = unpack(folder, root / "unzipped")
+            folder, refused = unpacked.folder, unpacked.refused
+        subs = find_submissions(folder, opts.assignment, notebooks, copy_to=root / "received", refused=refused)
+        if refused:  # members outside every student folder: no row to put them in
+            log(f"archive: {len(refused)} member(s) outside the student folders not unpacked: " +
+                "; ".join(f"{printable(name)} ({why})" for name, why in refused[:5]))
         if not subs:
             raise InstructorError(f"no student folders in {opts.submissions}")
         opts.out.mkdir(parents=True, exist_ok=True)
