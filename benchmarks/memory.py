@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.memory                          # both lessons and the quiz, both modes
     .venv/bin/python -m benchmarks.memory pytorch_lesson --mode normal
     .venv/bin/python -m benchmarks.memory --json memory.json       # also write the figures as JSON
+    .venv/bin/python -m benchmarks.memory keras_lesson --mode normal --cells   # which cells raise the peak
 
 Each run starts a fresh kernel (nbclient, as benchmarks/*_lesson.py do) and executes the instructor
 notebook (source/<assignment>/) top to bottom, in its folder, with the environment's settings
@@ -15,8 +16,8 @@ Two figures per run (Linux only, read from /proc):
 - tree peak RSS: the largest sum of resident memory over the kernel and its child processes (DataLoader
   workers and the like), sampled every 0.1 s, so a short spike between samples can be missed.
 
-Binder gives a user about 2 GB for everything in the container: the Jupyter server (about 0.1-0.2 GB),
-every open notebook's kernel, and, while Validate runs, a second kernel in quick mode.
+Binder gives a user about 2 GB for everything in the container: the Jupyter server, every open
+notebook's kernel, and, while Validate runs, a second kernel in quick mode.
 """
 from __future__ import annotations
 
@@ -33,7 +34,6 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENTS = ("keras_lesson", "pytorch_lesson", "quiz")
-MB = 1024 * 1024
 
 
 def status_kb(pid: int, field: str) -> int:
@@ -84,7 +84,7 @@ def notebook_path(assignment: str) -> Path:
     return path
 
 
-def measure(assignment: str, mode: str) -> dict:
+def measure(assignment: str, mode: str, cells: bool = False) -> dict:
     """Execute the assignment's notebook once in ``mode`` ("normal" or "quick"); returns the figures."""
     path = notebook_path(assignment)
     nb = nbformat.read(path, as_version=4)
@@ -95,14 +95,21 @@ def measure(assignment: str, mode: str) -> dict:
     else:
         os.environ.pop("NBGRADER_EXECUTION", None)
     try:
-        client = NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+        client = NotebookClient(nb, timeout=1800, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}})
         start = time.perf_counter()
         with client.setup_kernel():
             pid = client.km.provisioner.process.pid
             sampler = TreeSampler(pid)
             sampler.start()
+            steps = []
             for index, cell in enumerate(nb.cells):
                 client.execute_cell(cell, index)
+                if cells and cell.cell_type == "code":
+                    first_line = (cell.source.strip().splitlines() or [""])[0][:60]
+                    steps.append({"cell": index, "first_line": first_line,
+                                  "rss_mib": round(status_kb(pid, "VmRSS") / 1024),
+                                  "peak_mib": round(status_kb(pid, "VmHWM") / 1024)})
             kernel_peak_kb = status_kb(pid, "VmHWM")
             final_kb = status_kb(pid, "VmRSS")
             tree_peak_kb = sampler.stop()
@@ -113,9 +120,12 @@ def measure(assignment: str, mode: str) -> dict:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-    return {"assignment": assignment, "mode": mode, "kernel_peak_mb": round(kernel_peak_kb * 1024 / MB),
-            "tree_peak_mb": round(max(tree_peak_kb, kernel_peak_kb) * 1024 / MB),
-            "kernel_final_mb": round(final_kb * 1024 / MB), "seconds": round(seconds, 1)}
+    result = {"assignment": assignment, "mode": mode, "kernel_peak_mib": round(kernel_peak_kb / 1024),
+              "tree_peak_mib": round(max(tree_peak_kb, kernel_peak_kb) / 1024),
+              "kernel_final_mib": round(final_kb / 1024), "seconds": round(seconds, 1)}
+    if cells:
+        result["cells"] = steps
+    return result
 
 
 def main(argv=None) -> int:
@@ -123,6 +133,7 @@ def main(argv=None) -> int:
     parser.add_argument("assignments", nargs="*", help=f"any of {', '.join(ASSIGNMENTS)} (default: all)")
     parser.add_argument("--mode", choices=("normal", "quick", "both"), default="both")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--cells", action="store_true", help="also print the kernel's RSS after each code cell")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.assignments) - set(ASSIGNMENTS))
     if unknown:
@@ -132,16 +143,24 @@ def main(argv=None) -> int:
         return 2
     modes = ("normal", "quick") if args.mode == "both" else (args.mode,)
     load = os.getloadavg()
-    print(f"FTLAB_WEIGHTS={os.environ.get('FTLAB_WEIGHTS', 'auto')}, {os.cpu_count()} CPUs, "
+    settings = " ".join(f"{k}={os.environ[k]}" for k in sorted(os.environ)
+                        if k.endswith("_THREADS") or k.startswith(("MALLOC_", "TF_ENABLE")))
+    print(f"FTLAB_WEIGHTS={os.environ.get('FTLAB_WEIGHTS', 'auto')} {settings}, {os.cpu_count()} CPUs, "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
     print(f"{'assignment':<16}{'mode':<8}{'kernel peak RSS':>17}{'tree peak RSS':>15}{'RSS at end':>12}{'seconds':>9}")
+    print("(MiB: 1024 x 1024 bytes)")
     results = []
     for assignment in args.assignments or ASSIGNMENTS:
         for mode in modes:
-            r = measure(assignment, mode)
+            r = measure(assignment, mode, cells=args.cells)
             results.append(r)
-            print(f"{assignment:<16}{mode:<8}{r['kernel_peak_mb']:>14} MB{r['tree_peak_mb']:>12} MB"
-                  f"{r['kernel_final_mb']:>9} MB{r['seconds']:>9}", flush=True)
+            print(f"{assignment:<16}{mode:<8}{r['kernel_peak_mib']:>13} MiB{r['tree_peak_mib']:>11} MiB"
+                  f"{r['kernel_final_mib']:>8} MiB{r['seconds']:>9}", flush=True)
+            previous = 0
+            for step in r.get("cells", []):
+                print(f"    cell {step['cell']:>3}: RSS {step['rss_mib']:>5} MiB, peak {step['peak_mib']:>5} MiB "
+                      f"({step['peak_mib'] - previous:+5} MiB)  {step['first_line']}")
+                previous = step["peak_mib"]
     if args.json:
         args.json.write_text(json.dumps({"load_average": load, "results": results}, indent=1) + "\n")
     return 0

@@ -6,7 +6,7 @@ copy (the release notebook) and a solved one (the release notebook with the inst
 answer cells). What a student does is done with the mouse: the nbgrader "Validate" toolbar button, the
 "Run > Run All Cells" menu, "File > Save Notebook".
 
-- The release notebooks open unmodified (no dirty tab): they carry the metadata JupyterLab writes.
+- The release notebooks open unmodified: saved from JupyterLab, each is byte for byte what git holds.
 - Validate on a blank copy: nbgrader's failure dialog, whose first failed cell is the first test cell.
 - Validate on a solved copy: the success dialog.
 - Run all on a solved copy: every code cell ran, no error output, every plot rendered as an image.
@@ -24,7 +24,6 @@ Screenshots (and the page's HTML) of failed tests go to `FTLAB_ARTIFACTS` (defau
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
@@ -40,7 +39,7 @@ import pytest
 
 from autograder import notebooks
 from conftest import REPO
-from grading import grade_id, notebook_name, release_notebook, solutions, with_answers
+from grading import notebook_name, release_notebook, solutions, with_answers
 
 TOKEN = "fine-tuning-lab-browser-test"
 ARTIFACTS = Path(os.environ.get("FTLAB_ARTIFACTS", REPO / "test-artifacts"))
@@ -128,7 +127,7 @@ def course(tmp_path_factory) -> Path:
         for path in (course / "release").rglob("*.ipynb"):
             nb = json.loads(path.read_text())
             nb["metadata"]["language_info"]["version"] = version
-            path.write_text(json.dumps(nb, indent=1))
+            path.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n")  # as Jupyter writes
     for assignment in ASSIGNMENTS:
         (course / "student" / assignment).mkdir(parents=True)
         for kind, nb in (("blank", release_notebook(assignment)), ("solved", solved_notebook(assignment))):
@@ -253,7 +252,8 @@ def save(page):
 
 def validate(page, timeout_s: float = 300) -> dict:
     """Press Validate; returns the result dialog's classes, its text and its failed cells (source, error)."""
-    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Toolbar-item", has_text="Validate").locator("jp-button, button").first.click()
+    toolbar_item = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Toolbar-item", has_text="Validate")
+    toolbar_item.locator("jp-button, button").first.click()
     message = page.locator(".jp-Dialog #validation-message")
     message.wait_for(timeout=timeout_s * 1000)
     pres = message.locator(".jp-RenderedText pre").all_inner_texts()
@@ -283,7 +283,8 @@ def rendered_images(page) -> list[dict]:
         image = images.nth(i)
         image.scroll_into_view_if_needed()
         image.evaluate("img => img.decode().catch(() => null)")
-        found.append(image.evaluate("img => ({complete: img.complete, width: img.naturalWidth, height: img.naturalHeight})"))
+        found.append(image.evaluate(
+            "img => ({complete: img.complete, width: img.naturalWidth, height: img.naturalHeight})"))
     return found
 
 

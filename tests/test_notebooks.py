@@ -46,8 +46,8 @@ def test_language_info_is_what_ipykernel_reports():
 
 def test_clean_sets_the_metadata_and_leaves_the_cells_alone():
     cell = {"cell_type": "markdown", "id": "a", "source": "# Title", "metadata": {"nbgrader": {"grade": False}}}
-    nb = {"cells": [dict(cell)], "metadata": {"kernelspec": dict(notebooks.KERNELSPEC), "language_info": {"name": "python"}},
-          "nbformat": 4, "nbformat_minor": 5}
+    metadata = {"kernelspec": dict(notebooks.KERNELSPEC), "language_info": {"name": "python"}}
+    nb = {"cells": [dict(cell)], "metadata": metadata, "nbformat": 4, "nbformat_minor": 5}
     assert notebooks.problems(nb) == ["language_info is not what JupyterLab writes (run `make clean-notebooks`)"]
     cleaned = notebooks.clean(nb)
     assert cleaned["metadata"]["language_info"] == notebooks.LANGUAGE_INFO
