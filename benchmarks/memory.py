@@ -4,6 +4,10 @@
     .venv/bin/python -m benchmarks.memory pytorch_lesson --mode normal
     .venv/bin/python -m benchmarks.memory --json memory.json       # also write the figures as JSON
     .venv/bin/python -m benchmarks.memory keras_lesson --mode normal --cells   # which cells raise the peak
+    .venv/bin/python -m benchmarks.memory keras_lesson --mode normal --after 34 "del scratch; import gc; gc.collect()"
+
+`--after N CODE` (repeatable) runs CODE in an extra cell after cell N (0-based, as `--cells` numbers
+them) of a copy of the notebook: what a change to a lesson would save, measured before anyone edits it.
 
 Each run starts a fresh kernel (nbclient, as benchmarks/*_lesson.py do) and executes the instructor
 notebook (source/<assignment>/) top to bottom, in its folder, with the environment's settings
@@ -84,10 +88,18 @@ def notebook_path(assignment: str) -> Path:
     return path
 
 
-def measure(assignment: str, mode: str, cells: bool = False) -> dict:
-    """Execute the assignment's notebook once in ``mode`` ("normal" or "quick"); returns the figures."""
+def measure(assignment: str, mode: str, cells: bool = False, after: dict[int, list[str]] | None = None) -> dict:
+    """Execute the assignment's notebook once in ``mode`` ("normal" or "quick"); returns the figures.
+    ``after``: extra code cells to run after the cells with these indices."""
     path = notebook_path(assignment)
     nb = nbformat.read(path, as_version=4)
+    if after:
+        extended = []
+        for index, cell in enumerate(nb.cells):
+            extended.append(cell)
+            extended.extend(nbformat.v4.new_code_cell(code, metadata={"added_after": index})
+                            for code in after.get(index, []))
+        nb.cells = extended
     saved = {name: os.environ.get(name) for name in ("NBGRADER_EXECUTION", "FTLAB_QUICK")}
     os.environ.pop("FTLAB_QUICK", None)
     if mode == "quick":
@@ -107,7 +119,8 @@ def measure(assignment: str, mode: str, cells: bool = False) -> dict:
                 client.execute_cell(cell, index)
                 if cells and cell.cell_type == "code":
                     first_line = (cell.source.strip().splitlines() or [""])[0][:60]
-                    steps.append({"cell": index, "first_line": first_line,
+                    label = f"+{cell.metadata['added_after']}" if "added_after" in cell.metadata else index
+                    steps.append({"cell": label, "first_line": first_line,
                                   "rss_mib": round(status_kb(pid, "VmRSS") / 1024),
                                   "peak_mib": round(status_kb(pid, "VmHWM") / 1024)})
             kernel_peak_kb = status_kb(pid, "VmHWM")
@@ -134,6 +147,8 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", choices=("normal", "quick", "both"), default="both")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--cells", action="store_true", help="also print the kernel's RSS after each code cell")
+    parser.add_argument("--after", nargs=2, action="append", default=[], metavar=("N", "CODE"),
+                        help="run CODE in an extra cell after cell N of a copy of the notebook (repeatable)")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.assignments) - set(ASSIGNMENTS))
     if unknown:
@@ -142,6 +157,11 @@ def main(argv=None) -> int:
         print("benchmarks.memory reads /proc: Linux only", file=sys.stderr)
         return 2
     modes = ("normal", "quick") if args.mode == "both" else (args.mode,)
+    after: dict[int, list[str]] = {}
+    for index, code in args.after:
+        after.setdefault(int(index), []).append(code)
+    if after:
+        print("extra cells: " + "; ".join(f"after cell {i}: {c!r}" for i, codes in sorted(after.items()) for c in codes))
     load = os.getloadavg()
     settings = " ".join(f"{k}={os.environ[k]}" for k in sorted(os.environ)
                         if k.endswith("_THREADS") or k.startswith(("MALLOC_", "TF_ENABLE")))
@@ -152,7 +172,7 @@ def main(argv=None) -> int:
     results = []
     for assignment in args.assignments or ASSIGNMENTS:
         for mode in modes:
-            r = measure(assignment, mode, cells=args.cells)
+            r = measure(assignment, mode, cells=args.cells, after=after)
             results.append(r)
             print(f"{assignment:<16}{mode:<8}{r['kernel_peak_mib']:>13} MiB{r['tree_peak_mib']:>11} MiB"
                   f"{r['kernel_final_mib']:>8} MiB{r['seconds']:>9}", flush=True)
