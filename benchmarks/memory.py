@@ -93,12 +93,15 @@ def measure(assignment: str, mode: str, cells: bool = False, after: dict[int, li
     ``after``: extra code cells to run after the cells with these indices."""
     path = notebook_path(assignment)
     nb = nbformat.read(path, as_version=4)
+    labels = list(range(len(nb.cells)))  # what --cells prints: the cell's index in the notebook, or +N
     if after:
-        extended = []
+        extended, labels = [], []
         for index, cell in enumerate(nb.cells):
             extended.append(cell)
-            extended.extend(nbformat.v4.new_code_cell(code, metadata={"added_after": index})
-                            for code in after.get(index, []))
+            labels.append(index)
+            for code in after.get(index, []):
+                extended.append(nbformat.v4.new_code_cell(code))
+                labels.append(f"+{index}")
         nb.cells = extended
     saved = {name: os.environ.get(name) for name in ("NBGRADER_EXECUTION", "FTLAB_QUICK")}
     os.environ.pop("FTLAB_QUICK", None)
@@ -119,8 +122,7 @@ def measure(assignment: str, mode: str, cells: bool = False, after: dict[int, li
                 client.execute_cell(cell, index)
                 if cells and cell.cell_type == "code":
                     first_line = (cell.source.strip().splitlines() or [""])[0][:60]
-                    label = f"+{cell.metadata['added_after']}" if "added_after" in cell.metadata else index
-                    steps.append({"cell": label, "first_line": first_line,
+                    steps.append({"cell": labels[index], "first_line": first_line,
                                   "rss_mib": round(status_kb(pid, "VmRSS") / 1024),
                                   "peak_mib": round(status_kb(pid, "VmHWM") / 1024)})
             kernel_peak_kb = status_kb(pid, "VmHWM")

@@ -12,9 +12,10 @@ answer cells). What a student does is done with the mouse: the nbgrader "Validat
 - Run all on a solved copy: every code cell ran, no error output, every plot rendered as an image.
 - The instructor's formgrader page lists the assignments.
 
-`make test` runs a lean subset (about 1.5 min on 2 cores): the release notebooks, the quiz's blank
-Validate, the PyTorch lesson's solved Validate and Run all, the formgrader. `make test-browser`
-(`FTLAB_BROWSER_FULL=1`) runs every lesson fully, the Keras lesson's Run all included (about 2.5 min more).
+`make test` runs a lean subset: the release notebooks, the quiz's blank Validate, the PyTorch lesson's
+solved Validate and Run all (in quick mode, FTLAB_QUICK=1: every cell and every plot, less training), the
+formgrader. `make test-browser` (`FTLAB_BROWSER_FULL=1`) runs every lesson both ways, "Run all" in normal
+mode, the Keras lesson's included.
 
 The browser: `FTLAB_CHROMIUM` (a Chromium/Chrome binary) if set, else Playwright's own Chromium if
 `python -m playwright install chromium` has downloaded one, else Debian's `chromium` package
@@ -55,6 +56,9 @@ ASSIGNMENTS = ("pytorch_lesson", "quiz", "keras_lesson")
 # 2-core machine while other work ran (benchmarks/pytorch_lesson.py; OpenMP threads spin-wait).
 ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                      "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")}
+# `make test` runs the lessons in quick mode (course.quick_mode(): FTLAB_QUICK=1, what Validate and grading do
+# anyway): "Run all" still runs every cell and draws every plot, on less data and fewer steps. Full: normal mode.
+LESSON_MODE = {} if FULL else {"FTLAB_QUICK": "1"}
 FULL_ONLY = pytest.mark.skipif(not FULL, reason="left out of `make test` to keep the suite short; "
                                                 "`make test-browser` (FTLAB_BROWSER_FULL=1) runs it")
 
@@ -151,7 +155,7 @@ def server(course, tmp_path_factory):
          f"--IdentityProvider.token={TOKEN}", f"--notebook-dir={course}", f"--LabApp.user_settings_dir={settings}",
          f"--LabApp.workspaces_dir={settings / 'workspaces'}",
          "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", *as_root],
-        cwd=course, stdout=log, stderr=subprocess.STDOUT, env={**ONE_THREAD, **os.environ})
+        cwd=course, stdout=log, stderr=subprocess.STDOUT, env={**ONE_THREAD, **os.environ, **LESSON_MODE})
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
