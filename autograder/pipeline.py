@@ -156,7 +156,7 @@ def prepare_job(opts: Options, root: Path, template: Path, sub: Submission, inde
     if opts.cell_timeout:
         settings += f"\nc.Execute.timeout = {int(opts.cell_timeout)}\n"
     uid = opts.first_uid + index
-    hide = [root, opts.submissions, opts.out]
+    hide = list(dict.fromkeys([root, Path(opts.course).resolve(), opts.submissions, opts.out]))  # --course too
     if opts.protected:
         workdir = course / "autograded" / sub.student_id / opts.assignment
         settings += sandbox_settings(opts, job, workdir, uid, hide)

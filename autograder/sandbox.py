@@ -71,11 +71,11 @@ def _unshare_works() -> tuple[bool, str]:
         return False, "no unshare command (not Linux)"
     if not _is_root():
         return False, "not root"
-    probe = subprocess.run(["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
+    probe = subprocess.run(["unshare", "--mount", "--net", "--pid", "--ipc", "--fork", "--kill-child", "--mount-proc",
                             "--propagation", "private", "true"], capture_output=True, text=True)
     if probe.returncode != 0:
         return False, f"unshare failed: {probe.stderr.strip()[:120]}"
-    return True, "mount, network and pid namespaces"
+    return True, "mount, network, pid and IPC namespaces"
 
 
 def protections() -> dict[str, dict]:
@@ -146,7 +146,7 @@ def wrap(argv: list[str], *, workdir: Path, memory_bytes: int | None = None,
         helper += ["--give", str(path)]
     helper += ["--", *argv]
     if _unshare_works()[0]:
-        return ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
+        return ["unshare", "--mount", "--net", "--pid", "--ipc", "--fork", "--kill-child", "--mount-proc",
                 "--propagation", "private", *helper]
     return helper
 
@@ -286,19 +286,19 @@ def enter(argv: list[str]) -> None:
 # ----------------------------------------------------------------------------- the other way in: fork
 # A process that has already imported what the code needs (the fork server: torch, TensorFlow)
 # forks instead of exec'ing a fresh interpreter. Same confinement, minus the interpreter start and imports.
-_CLONE_NEWNS, _CLONE_NEWNET, _CLONE_NEWPID = 0x00020000, 0x40000000, 0x20000000
+_CLONE_NEWNS, _CLONE_NEWNET, _CLONE_NEWPID, _CLONE_NEWIPC = 0x00020000, 0x40000000, 0x20000000, 0x08000000
 _MS_NOEXEC, _MS_PRIVATE = 8, 1 << 18
 _PR_SET_PDEATHSIG = 1
 
 
 def enter_namespaces() -> bool:
-    """``unshare --mount --net --pid --propagation private`` for THIS process, when ``protections()`` has
+    """``unshare --mount --net --pid --ipc --propagation private`` for THIS process, when ``protections()`` has
     them: its next child is pid 1 of a fresh pid namespace (this process stays where it was and can no
     longer start threads). Returns whether it did; raises OSError if the kernel refuses."""
     if not _unshare_works()[0]:
         return False
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(_CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWPID) != 0:
+    if libc.unshare(_CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWIPC) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"unshare: {os.strerror(err)}")
     _mount("none", "/", None, _MS_REC | _MS_PRIVATE)

@@ -19,7 +19,7 @@ interpreters: ``python -m autograder.judge``, ``python -m autograder.runner``):
   request. For a *judge* request it becomes the judge: it runs ``autograder.judge.judge_job`` on the job
   (paths of the instructor's and the student's notebook, limits) and sends the verdicts back on the
   connection. For a *runner* request (sent by a judge: the sandbox spec, the runner's environment, the
-  answer pipe and a stderr pipe, the runner request) it enters fresh mount, network and pid namespaces
+  answer pipe and a stderr pipe, the runner request) it enters fresh mount, network, pid and IPC namespaces
   when the sandbox has them (``sandbox.enter_namespaces``), forks the **runner** with
   ``sandbox.fork_confined`` (pid 1 of those namespaces, the private view, limits, the job's user) and
   reports its pid and, when it ends, its exit status; it kills it if the judge goes away.
@@ -159,6 +159,20 @@ def end_with_client(conn: socket.socket) -> None:
     os._exit(1)
 
 
+JUDGE_MEMORY_HEADROOM = 6 << 30  # address space a judge may add to what the server had mapped when it forked
+
+
+def bound_judge_memory() -> None:
+    """The judge rebuilds models from a runner's plain data: whatever sizes slip through the schema, it cannot
+    take more than JUDGE_MEMORY_HEADROOM of address space (a MemoryError there is a failed check, a killed judge
+    a failed row), never the machine's memory (red team, finding 3)."""
+    import resource
+
+    with open("/proc/self/status") as status:
+        mapped = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + JUDGE_MEMORY_HEADROOM, mapped + JUDGE_MEMORY_HEADROOM))
+
+
 def supervise(conn: socket.socket) -> None:
     """One request: become the judge, or start a confined runner and report on it."""
     from autograder import judge, runner, sandbox
@@ -174,6 +188,7 @@ def supervise(conn: socket.socket) -> None:
         for fd in fds:
             os.close(fd)
         threading.Thread(target=end_with_client, args=(conn,), daemon=True).start()
+        bound_judge_memory()
         verdicts = judge.judge_job(json.loads(job))
         send_line(conn, {"verdicts": verdicts})
         return
@@ -213,6 +228,11 @@ def supervise(conn: socket.socket) -> None:
 
 
 # ---- starting and stopping it (the grading pipeline, tests) ---------------------------------------------
+def _sandbox():
+    from autograder import sandbox
+    return sandbox
+
+
 class ForkServer:
     """A running server process; ``stop()`` (or leaving the ``with`` block) ends it and its children."""
 
@@ -227,8 +247,10 @@ class ForkServer:
         folder = Path(folder)
         socket_path = folder / "fork.sock"
         log_path = folder / "fork-server.log"
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != SERVER_VARIABLE},
-               **(env or {})}
+        # Only the harmless variables: runners are forks of this process, and the environment strings it
+        # started with stay in its memory (and theirs) whatever os.environ says later (red team, finding 1).
+        env = {**{k: v for k, v in _sandbox().safe_environment(os.environ).items()
+                  if not k.startswith("PYTHON") and k != SERVER_VARIABLE}, **(env or {})}
         env.update(NBGRADER_EXECUTION="autograde", MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="2",
                    HOME=str(folder), KERAS_HOME=str(folder / ".keras"), MPLCONFIGDIR=str(folder / ".matplotlib"))
         with open(log_path, "wb") as log:

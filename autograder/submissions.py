@@ -40,6 +40,10 @@ _READ_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(o
 _DIR_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
+# The folders of an nbgrader course: a course folder given as SUBMISSIONS holds them next to submitted/.
+NBGRADER_FOLDERS = {"submitted", "source", "release", "autograded", "feedback", "downloaded", "outbound"}
+
+
 class InstructorError(Exception):
     """A problem on the instructor's side (bad assignment, unreadable folder): stops the run."""
 
@@ -332,7 +336,24 @@ def students_folder(root: Path, assignment: str) -> Path:
             raise InstructorError(f"{path} is a symbolic link: not followed (give the folder it points to)")
         return path if st is not None and stat.S_ISDIR(st.st_mode) else None
 
-    found = submitted_in(root)
+    def looks_like_a_student(folder: Path) -> bool:
+        return _is_real_dir(folder) and (_is_real_dir(folder / assignment)
+                                         or any(q.name.endswith(".ipynb") for q in folder.iterdir()))
+
+    def nbgrader_layout(folder: Path) -> Path | None:
+        """folder/submitted, unless students sit next to it: then a student named "submitted" would take the
+        place of the whole class (red team, finding 2), so the instructor must say which folder is meant."""
+        found = submitted_in(folder)
+        if found:
+            beside = sorted(c.name for c in children_of(folder)
+                            if c.name not in NBGRADER_FOLDERS and looks_like_a_student(c))
+            if beside:
+                raise InstructorError(f"{folder} holds both a submitted/ folder and student folders "
+                                      f"({', '.join(beside[:3])}{', ...' if len(beside) > 3 else ''}): give "
+                                      f"{found} or move the student folders into it")
+        return found
+
+    found = nbgrader_layout(root)
     if found:
         return found
     children = children_of(root)
@@ -340,7 +361,7 @@ def students_folder(root: Path, assignment: str) -> Path:
     while (len(children) == 1 and _is_real_dir(children[0]) and not _is_real_dir(children[0] / assignment)
            and all(_is_real_dir(p) for p in children_of(children[0]))):
         root = children[0]
-        found = submitted_in(root)
+        found = nbgrader_layout(root)
         if found:
             return found
         children = children_of(root)

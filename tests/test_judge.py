@@ -100,6 +100,9 @@ LESSON_SOURCES = [REPO / "source" / a / n for a, n in (("quiz", "quiz.ipynb"),
                    ("pytorch_lesson", "fine_tuning_pytorch.ipynb"), ("keras_lesson", "fine_tuning_keras.ipynb"))]
 
 
+SERVER_SECRET_NAME, SERVER_SECRET = "INSTRUCTOR_API_TOKEN", "s3rv3r-start-token"
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One fork server for this module, preloaded for the toys and the lessons (torch and TensorFlow)."""
@@ -109,7 +112,12 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fork-server")
     os.chmod(folder, 0o700)
     preload = preload_for([HOSTILE / "toy_python.ipynb", HOSTILE / "toy_torch.ipynb", *LESSON_SOURCES])
-    with fork_server.ForkServer.start(preload, folder) as running:
+    os.environ[SERVER_SECRET_NAME] = SERVER_SECRET  # in the grading process's environment when the server starts
+    try:
+        running = fork_server.ForkServer.start(preload, folder)
+    finally:
+        del os.environ[SERVER_SECRET_NAME]
+    with running:
         yield str(running.socket_path)
 
 
@@ -296,6 +304,11 @@ def probe(paths, port):
     except OSError:
         pass
     found["processes"] = len([p for p in os.listdir("/proc") if p.isdigit()])
+    # the environment strings the process started with, read from its memory (env_start..env_end): a fork
+    # keeps its parent's, whatever os.environ says now
+    import ctypes
+    fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+    found["environ"]["(initial block)"] = ctypes.string_at(int(fields[-3]), int(fields[-2]) - int(fields[-3])).decode("latin-1")
     return found
 """
 
@@ -322,6 +335,8 @@ assert not found["read"], "read " + ", ".join(found["read"])
 assert not found["loopback"], "reached the host's loopback"
 assert found["processes"] < 5, "sees the host's processes"
 assert "s3cr3t-token" not in str(found["environ"]), "the grading process's environment reached the runner"
+assert {SERVER_SECRET!r} not in str(found["environ"]), "the environment the fork server started with reached the runner"
+assert len(found["environ"]["(initial block)"]) > 20, "the probe read no environment block"
 """
     source = tmp_path / "confined.ipynb"
     source.write_text(json.dumps(toy_notebook(PROBE, test)))
@@ -449,3 +464,30 @@ def test_a_blank_notebook_with_one_extra_attack_cell_scores_zero(assignment, ser
     verdicts = check_submission(REPO / "source" / assignment / notebook_name(assignment), submitted, server=server)
     assert verdicts and not any(v["passed"] for v in verdicts.values()), \
         {g: v["message"][:120] for g, v in verdicts.items() if v["passed"]}
+
+
+@pytest.mark.parametrize("setting", [{"padding": 2500}, {"dilation": (1, 900)}, {"kernel_size": 4096}])
+def test_layer_sizes_that_would_blow_up_the_judge_are_refused(setting):
+    """A runner may describe a layer with a padding of thousands (red team, finding 3: 11.9 GB in the judge's
+    forward pass); the judge refuses such a layer when it reads the data, before building anything."""
+    run = f"""
+import torch
+from course.checks import torch_wire, wire
+conv = torch.nn.Conv2d(3, 4, 3)
+setting = {setting!r}
+for key, value in setting.items():
+    setattr(conv, key, value if isinstance(value, tuple) else (value, value))
+request, _ = wire.encode_call((conv,), {{}})
+try:
+    wire.Call(request)
+    print("ACCEPTED")
+except wire.WireError as error:
+    print("REFUSED", error)
+plain = torch.nn.Conv2d(3, 4, 3, padding=1)
+wire.Call(wire.encode_call((plain,), {{}})[0])
+print("ordinary layer read")
+"""
+    done = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, timeout=300, cwd=REPO)
+    key = next(iter(setting))
+    assert f"REFUSED a Conv2d layer with {key}=" in done.stdout and "ordinary layer read" in done.stdout, \
+        done.stdout + done.stderr[-2000:]

@@ -163,6 +163,24 @@ def test_no_network_not_even_loopback(way, tmp_path):
     assert done.returncode == 0 and "blocked" in done.stdout and "CONNECTED" not in done.stdout, done.stderr
 
 
+@needs_root
+def test_shared_memory_segments_die_with_the_sandbox(way, tmp_path):
+    """A System V shared-memory segment is not charged to the memory limit and is not freed when its creator
+    exits; in its own IPC namespace it disappears with the sandbox instead of outliving the grading."""
+    done = sandboxed("""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        key = 0x46544c42  # a fixed key the host can look for
+        segment = libc.shmget(key, 1 << 20, 0o1000 | 0o600)  # IPC_CREAT
+        print("created" if segment >= 0 else f"shmget failed {ctypes.get_errno()}")
+        print(open("/proc/sysvipc/shm").read())
+    """, tmp_path, way)
+    assert done.returncode == 0 and "created" in done.stdout, done.stdout + done.stderr
+    assert f"{0x46544c42:10d}".strip() in done.stdout  # the sandbox saw its own segment
+    host = Path("/proc/sysvipc/shm").read_text().split()
+    assert str(0x46544c42) not in host, "the segment outlived the sandbox on the host"
+
+
 def test_unbounded_allocation_hits_the_memory_limit(way, tmp_path):
     done = sandboxed("""
         hog = []

@@ -125,6 +125,25 @@ def test_a_linked_submitted_folder_is_an_instructor_error(tmp_path):
         find(tmp_path / "subs", tmp_path)
 
 
+def test_a_student_named_submitted_cannot_take_the_place_of_the_class(tmp_path):
+    """Students alice and bob next to a folder "submitted" that holds blank notebooks under their names: the
+    nbgrader layout would grade the blanks as alice's and bob's work, so the instructor is asked instead."""
+    subs_root = tmp_path / "subs"
+    for name in ("alice", "bob"):
+        student(subs_root, name)
+        student(subs_root / "submitted", name, data=b"{}")
+    with pytest.raises(InstructorError, match="holds both a submitted/ folder and student folders .alice, bob"):
+        find(subs_root, tmp_path)
+
+
+def test_a_course_folder_is_read_through_its_submitted_folder(tmp_path):
+    course = tmp_path / "course"
+    student(course / "submitted", "alice")
+    student(course / "source", "mini")  # source/mini/: an assignment, not a student
+    student(course / "release", "mini")
+    assert sorted(find(course, tmp_path)) == ["alice"]
+
+
 # ----------------------------------------------------------------------------- a .zip
 def zip_with(path: Path, members: list[tuple[str, bytes, int]]) -> Path:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
