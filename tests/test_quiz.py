@@ -26,7 +26,7 @@ from grading import grade, grade_id, release_notebook, solutions, source_noteboo
 from course.checks import quiz as quiz_checks
 
 ASSIGNMENT = "quiz"
-QUESTIONS = range(1, 11)
+QUESTIONS = range(1, 14)
 LETTERS = "ABCD"
 SEED_LETTERS = {1: "A", 2: "A", 3: "C", 4: "D", 5: "B"}  # issue 5: the seed's correct options
 
@@ -119,7 +119,7 @@ def test_a_str_subclass_cannot_fake_a_letter():
 
 # ---------------------------------------------------------------- notebook structure (contract)
 
-def test_ten_questions_each_with_answer_and_test_cell_and_the_seed_letters():
+def test_thirteen_questions_each_with_answer_and_test_cell_and_the_seed_letters():
     cells = cells_by_id(source_notebook(ASSIGNMENT))
     for n in QUESTIONS:
         answer, test = cells[f"answer_q{n}"]["metadata"]["nbgrader"], cells[f"correct_q{n}"]["metadata"]["nbgrader"]
@@ -128,7 +128,7 @@ def test_ten_questions_each_with_answer_and_test_cell_and_the_seed_letters():
     letters = correct_letters()
     assert sorted(letters) == list(QUESTIONS)
     assert {n: letters[n] for n in SEED_LETTERS} == SEED_LETTERS
-    assert len({letters[n] for n in range(6, 11)}) >= 3, "questions 6-10 should not share one correct letter"
+    assert len({letters[n] for n in range(6, 14)}) >= 3, "questions 6-13 should not share one correct letter"
 
 
 def test_each_test_cell_is_self_contained_and_prints_the_solution_before_judging():
@@ -254,6 +254,9 @@ def malformed_answers(letters: dict[int, str]) -> tuple[dict[str, str], dict[int
         8: ('answer_q8 = "E"', "zero"),
         9: ('answer_q9 = ""', "zero"),
         10: (None, "zero"),                                          # placeholder left in place
+        11: (f'answer_q11 = "{letters[11]}"', "full"),
+        12: (f'answer_q12 = "{wrong(12)}"', "zero"),
+        13: (f'answer_q13 = "  {letters[13].lower()}  "', "full"),  # spaces on both sides, lower case
     }
     code = {f"answer_q{n}": c for n, (c, _) in cases.items() if c is not None}
     return code, {n: outcome for n, (_, outcome) in cases.items()}
