@@ -7,16 +7,18 @@ export PATH := $(BIN):$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 ASSIGNMENTS := $(notdir $(wildcard source/*_lesson source/quiz))
 
-.PHONY: env lab test release clean-notebooks check-notebooks backbones fetch-imagenet bench help
+.PHONY: env lab test test-browser release clean-notebooks check-notebooks backbones fetch-imagenet bench bench-memory help
 
 help:
 	@echo "make lab              create the environment if missing, start JupyterLab on the course"
 	@echo "make test             create the environment if missing, run the whole test suite"
+	@echo "make test-browser     the browser and Binder/hub tests only, every lesson fully (about 5 min)"
 	@echo "make release          regenerate release/ from source/ with nbgrader"
 	@echo "make clean-notebooks  strip outputs and execution counts from every notebook"
 	@echo "make backbones        re-train the course backbones (about 30 min on 2 CPU cores)"
 	@echo "make fetch-imagenet   download the ImageNet MobileNetV2 weights into the frameworks' caches"
 	@echo "make bench            print the course's measured figures (transfer, lesson runtime, grading)"
+	@echo "make bench-memory     peak memory of each lesson's kernel, Run all and Validate (about 8 min)"
 
 env: $(VENV)/.installed
 
@@ -32,6 +34,10 @@ lab: env
 
 test: env
 	$(BIN)/python -m pytest
+
+# JupyterLab in headless Chromium (tests/test_browser.py, all of it) and the Binder/hub scripts.
+test-browser: env
+	FTLAB_BROWSER_FULL=1 $(BIN)/python -m pytest tests/test_browser.py tests/test_deploy.py
 
 release: env
 	@for a in $(ASSIGNMENTS); do $(BIN)/nbgrader generate_assignment $$a --force --log-level=WARN || exit 1; done
@@ -50,3 +56,6 @@ fetch-imagenet: env
 
 bench: env
 	$(BIN)/python -m benchmarks.transfer
+
+bench-memory: env
+	$(BIN)/python -m benchmarks.memory

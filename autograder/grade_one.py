@@ -5,13 +5,15 @@
 The job folder holds a complete course: the instructor's nbgrader_config.py (plus the sandbox kernel and
 timeouts appended), source/, release/, a private copy of the gradebook made by ``generate_assignment``, and
 ``submitted/<student>/<assignment>/<notebook>.ipynb``. Steps: nbgrader autograde -> (issue 7) the
-independent checker's verdicts replace the kernel's -> nbgrader generate_feedback -> result.json.
+judge's verdicts replace the kernel's -> nbgrader generate_feedback -> result.json.
 Nothing here writes outside the job folder; the pipeline merges the results.
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -19,27 +21,297 @@ from pathlib import Path
 
 STARTED = time.perf_counter()
 
+# Output kept from the student's kernel, in bytes (issue 12): nbgrader's LimitOutput counts lines only, and a
+# 200 MB print in one line made a 200 MB feedback page. Text beyond the cap is cut with a marker
+# "... (output cut: N bytes ...)"; an image that does not fit is replaced by its text form or dropped.
+OUTPUT_CELL_BYTES = 1 * 2**20  # outputs of one cell
+OUTPUT_NOTEBOOK_BYTES = 5 * 2**20  # outputs of one notebook (graded test cells are served first)
+OUTPUT_MESSAGE_BYTES = 8 * 2**20  # one message from the kernel: a larger one is dropped unread (ZMQ_MAXMSGSIZE)
+
 
 def _load_api(course: Path, execute: bool = True, set_aside_tests: bool = False):
     from nbgrader.apps import NbGraderAPI
     from nbgrader.converters.autograde import Autograde
+    from nbgrader.converters import GenerateFeedback
     from nbgrader.coursedir import CourseDirectory
     from nbgrader.preprocessors import Execute
     from traitlets.config.loader import PyFileConfigLoader
 
     from autograder.set_aside import PutBackTestCells, SetAsideTestCells
 
+    CappedExecute, CapOutputs = output_cap_classes()
     config = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
     config.CourseDirectory.root = str(course)
     steps = Autograde.class_traits()["autograde_preprocessors"].default()
     if not execute:  # record the submission (cells restored, gradebook rows) without running it
         config.Autograde.autograde_preprocessors = [p for p in steps if p is not Execute]
-    elif set_aside_tests:  # the checker runs the test cells: the kernel runs everything else
+    elif set_aside_tests:  # the judge runs the test cells: the kernel runs everything else
         config.Autograde.autograde_preprocessors = [
-            q for p in steps for q in ([SetAsideTestCells, Execute, PutBackTestCells] if p is Execute else [p])]
+            q for p in steps for q in ([SetAsideTestCells, CappedExecute, CapOutputs, PutBackTestCells]
+                                       if p is Execute else [p])]
+    else:
+        config.Autograde.autograde_preprocessors = [
+            q for p in steps for q in ([CappedExecute, CapOutputs] if p is Execute else [p])]
+    # the feedback page also shows what the judge printed: the same caps apply to the whole page
+    config.GenerateFeedback.preprocessors = [CapOutputs] + list(
+        GenerateFeedback.class_traits()["preprocessors"].default())
     api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
     api.log_level = "WARN"
     return api
+
+
+# ----------------------------------------------------------------------------- output caps (issue 12)
+def _size(value) -> int:
+    """Bytes of the text and binary data in an output or message content (keys and structure not counted)."""
+    if isinstance(value, str):
+        return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_size(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_size(v) for v in value)
+    return 8
+
+
+def _cut_text(text, room: int) -> str:
+    text = "".join(text) if isinstance(text, list) else str(text)
+    if _size(text) <= room:
+        return text
+    return text.encode("utf-8", "surrogatepass")[:max(room, 0)].decode("utf-8", "ignore")
+
+
+def shrink_output(kind: str, content: dict, room: int) -> dict | None:
+    """A copy of an output (or of an output message's content) cut to about ``room`` bytes, or None when
+    nothing of it fits. An error is never dropped (nbgrader scores a cell by whether it holds one): it is cut
+    to its first kilobytes instead."""
+    if kind == "stream":
+        return {**content, "text": _cut_text(content.get("text", ""), room)} if room > 0 else None
+    if kind == "error":
+        room = max(room, 2000)
+        lines, used = [], 0
+        for line in content.get("traceback") or []:
+            used += _size(line)
+            if used > room // 2:
+                lines.append("... (traceback cut)")
+                break
+            lines.append(line)
+        return {**content, "ename": _cut_text(content.get("ename", ""), 200),
+                "evalue": _cut_text(content.get("evalue", ""), room // 2), "traceback": lines}
+    if kind in ("display_data", "execute_result"):
+        text = (content.get("data") or {}).get("text/plain")
+        if room <= 0 or text is None:
+            return None
+        return {**content, "data": {"text/plain": _cut_text(text, room)}, "metadata": {}}
+    return None
+
+
+class OutputBudget:
+    """Bytes of output kept per cell and per notebook, and what was cut (shown by a marker output)."""
+
+    def __init__(self, cell_bytes: int = OUTPUT_CELL_BYTES, notebook_bytes: int = OUTPUT_NOTEBOOK_BYTES):
+        self.cell_bytes, self.notebook_bytes = cell_bytes, notebook_bytes
+        self.used: dict[int, int] = {}
+        self.total = 0
+        self.cut: dict[int, dict] = {}  # cell index -> {"bytes": n, "dropped": n, "marker": output node}
+
+    def room(self, index: int) -> int:
+        return max(0, min(self.cell_bytes - self.used.get(index, 0), self.notebook_bytes - self.total))
+
+    def take(self, index: int, n: int) -> None:
+        self.used[index] = self.used.get(index, 0) + n
+        self.total += n
+
+    def forget(self, index: int) -> None:
+        """The cell's outputs were cleared: what they held is free again."""
+        self.total -= self.used.pop(index, 0)
+        self.cut.pop(index, None)
+
+    def note_cut(self, outputs: list, index: int, n: int = 0, dropped: int = 0) -> None:
+        """Record ``n`` bytes cut (or ``dropped`` messages too large to read) and keep the cell's marker up to
+        date: one stream output, added where the first cut happened."""
+        from nbformat.v4 import new_output
+
+        state = self.cut.setdefault(index, {"bytes": 0, "dropped": 0, "marker": None})
+        state["bytes"] += n
+        state["dropped"] += dropped
+        parts = []
+        if state["bytes"]:
+            parts.append(f"{state['bytes']} bytes; the grader keeps at most {_mb(self.cell_bytes)} of output per "
+                         f"cell and {_mb(self.notebook_bytes)} per notebook")
+        if state["dropped"]:
+            parts.append(f"{state['dropped']} message(s) of more than {_mb(OUTPUT_MESSAGE_BYTES)} from the kernel"
+                         " were dropped unread")
+        text = f"\n... (output cut: {'; '.join(parts)})\n"
+        if state["marker"] is None or not any(o is state["marker"] for o in outputs):
+            state["marker"] = new_output("stream", name="stdout", text=text)
+            outputs.append(state["marker"])
+        else:
+            state["marker"]["text"] = text
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:g} MB"
+
+
+def _is_graded_cell(cell) -> bool:
+    return bool((cell.get("metadata") or {}).get("nbgrader", {}).get("grade"))
+
+
+@functools.lru_cache(maxsize=None)
+def output_cap_classes():
+    """(CappedExecute, CapOutputs): nbgrader preprocessors, made on first use (nbgrader is imported late)."""
+    import zmq
+    import zmq.asyncio
+    from nbclient.util import run_sync
+    from nbformat import NotebookNode
+    from nbgrader.preprocessors import Execute, NbGraderPreprocessor
+    from traitlets import Bool
+
+    class CappedExecute(Execute):
+        """nbgrader's Execute, with the grading process's memory bounded whatever the kernel sends.
+
+        - every socket to the kernel refuses a message larger than OUTPUT_MESSAGE_BYTES before reading it
+          (ZMQ_MAXMSGSIZE; the connection is dropped and made again): a 200 MB print never enters this
+          process. A cell whose output lost a message that way goes on (``raise_on_iopub_timeout`` off: its
+          "idle" status may be lost too) and ends with a marker saying so;
+        - outputs are kept as they arrive only up to OUTPUT_CELL_BYTES per cell and OUTPUT_NOTEBOOK_BYTES per
+          notebook (display updates and widget messages count too); what is cut is counted in a marker.
+        """
+
+        raise_on_iopub_timeout = Bool(False, help="a message dropped for its size may take the cell's idle "
+                                                  "status with it: the cell still ends").tag(config=True)
+
+        def preprocess(self, nb, resources=None, km=None):
+            self._budget = OutputBudget()
+            self._monitor = None
+            self._context = zmq.asyncio.Context()
+            self._context.setsockopt(zmq.MAXMSGSIZE, OUTPUT_MESSAGE_BYTES)
+            try:
+                return super().preprocess(nb, resources, km)
+            finally:
+                self._context.destroy(linger=0)
+
+        def create_kernel_manager(self):
+            km = super().create_kernel_manager()
+            make_client = km.client
+            km.client = lambda **kw: make_client(**{"context": self._context, **kw})
+            return km
+
+        async def async_start_new_kernel_client(self):
+            kc = await super().async_start_new_kernel_client()
+            self._monitor = kc.iopub_channel.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            return kc
+
+        start_new_kernel_client = run_sync(async_start_new_kernel_client)
+
+        async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+            try:
+                return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+            finally:
+                dropped = 0
+                while self._monitor is not None and self._monitor.get(zmq.EVENTS) & zmq.POLLIN:
+                    await self._monitor.recv_multipart()
+                    dropped += 1
+                if dropped:
+                    self._budget.note_cut(cell.outputs, cell_index, dropped=dropped)
+                    await self._reconnect_iopub()
+
+        execute_cell = run_sync(async_execute_cell)
+
+        async def _reconnect_iopub(self):
+            """libzmq closes a connection that brought a message over ZMQ_MAXMSGSIZE for good: connect a new
+            iopub socket for the next cells, and wait (at most 2 s) for the kernel's welcome on it."""
+            kc = self.kc
+            if kc is None:
+                return
+            old = kc._iopub_channel
+            try:
+                old.socket.disable_monitor()
+            except (AttributeError, zmq.ZMQError):
+                pass
+            self._monitor.close(linger=0)
+            old.close()
+            kc._iopub_channel = None
+            channel = kc.iopub_channel
+            channel.start()
+            self._monitor = channel.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                try:
+                    msg = await channel.get_msg(timeout=max(0.01, deadline - time.monotonic()))
+                except Exception:  # noqa: BLE001 - queue.Empty: no welcome (an older kernel), go on
+                    break
+                if msg.get("msg_type") == "iopub_welcome":
+                    break
+
+        def process_message(self, msg, cell, cell_index):
+            kind = msg["msg_type"]
+            if kind in ("stream", "display_data", "execute_result", "error", "update_display_data") \
+                    or kind.startswith("comm"):
+                if self.clear_before_next_output and kind not in ("update_display_data",) \
+                        and not kind.startswith("comm"):
+                    cell.outputs[:] = []  # the delayed clear_output nbclient would do now
+                    self.clear_display_id_mapping(cell_index)
+                    self.clear_before_next_output = False
+                    self._budget.forget(cell_index)
+                size = _size(msg.get("content")) + sum(len(b) for b in msg.get("buffers") or [])
+                room = self._budget.room(cell_index)
+                if size > room:
+                    small = shrink_output(kind, msg["content"], room) if kind != "update_display_data" else None
+                    kept = _size(small) if small is not None else 0
+                    result = None
+                    if small is not None:
+                        self._budget.take(cell_index, kept)
+                        result = super().process_message({**msg, "content": small}, cell, cell_index)
+                    self._budget.note_cut(cell.outputs, cell_index, n=max(size - kept, 0))
+                    return result
+                self._budget.take(cell_index, size)
+            result = super().process_message(msg, cell, cell_index)
+            if kind == "clear_output" and not msg["content"].get("wait"):
+                self._budget.forget(cell_index)
+            return result
+
+    class CapOutputs(NbGraderPreprocessor):
+        """The same caps on a whole notebook (after execution, and on the page feedback is made from):
+        graded test cells first, so the judge's verdicts always fit; then the other cells in order. Markdown
+        attachments count against the notebook's total."""
+
+        cell_bytes = OUTPUT_CELL_BYTES
+        notebook_bytes = OUTPUT_NOTEBOOK_BYTES
+
+        def preprocess(self, nb, resources):
+            budget = OutputBudget(self.cell_bytes, self.notebook_bytes)
+            order = sorted(range(len(nb.cells)), key=lambda i: not _is_graded_cell(nb.cells[i]))
+            for index in order:
+                cell = nb.cells[index]
+                if cell.get("attachments"):
+                    size = _size(cell["attachments"])
+                    if size <= budget.room(index):
+                        budget.take(index, size)
+                    else:
+                        del cell["attachments"]
+                if cell.cell_type != "code":
+                    continue
+                kept, cut = [], 0
+                for out in cell.get("outputs", []):
+                    size, room = _size(out), budget.room(index)
+                    if size <= room:
+                        kept.append(out)
+                        budget.take(index, size)
+                        continue
+                    small = shrink_output(out.get("output_type", ""), out, room)
+                    if small is not None:
+                        small = NotebookNode(small)
+                        kept.append(small)
+                        budget.take(index, _size(small))
+                    cut += size - (_size(small) if small is not None else 0)
+                if cut:
+                    budget.note_cut(kept, index, n=cut)
+                cell.outputs = kept
+            return nb, resources
+
+    return CappedExecute, CapOutputs
 
 
 def restore_nbgrader_metadata(submitted: Path, release: Path) -> list[str]:
@@ -79,6 +351,26 @@ def restore_nbgrader_metadata(submitted: Path, release: Path) -> list[str]:
     if changed:
         submitted.write_text(json.dumps(nb, indent=1))
     return changed
+
+
+def test_cell_changes(submitted: Path, release: Path) -> list[str]:
+    """What the student did to the released test cells (they are graded from the instructor's copy anyway):
+    ``test cell X was deleted: the original was restored`` / ``... was edited: the original was graded``."""
+    from autograder.cells import cell_source, is_test_cell, nbgrader_meta
+
+    def tests(path: Path) -> dict[str, str]:
+        cells = json.loads(path.read_text()).get("cells", [])
+        return {nbgrader_meta(c)["grade_id"]: cell_source(c).strip() for c in cells
+                if isinstance(c, dict) and is_test_cell(c)}
+
+    released, mine = tests(release), tests(submitted)
+    notes = []
+    for gid, text in released.items():
+        if gid not in mine:
+            notes.append(f"test cell {gid} was deleted: the original was restored")
+        elif mine[gid] != text:
+            notes.append(f"test cell {gid} was edited: the original was graded")
+    return notes
 
 
 def _cell_messages(autograded: Path) -> dict[str, str]:
@@ -122,24 +414,49 @@ def nbgrader_checks(course: Path, job: dict) -> list[dict]:
     return checks
 
 
-def apply_checker_verdicts(course: Path, job: dict, checks: list[dict]) -> list[dict]:
-    """Issue 7: the independent checker's verdicts replace what the student's kernel reported.
+class Judging:
+    """The judge's verdicts for each notebook, computed in a thread while nbgrader runs the kernel (the two
+    never wait for each other: the kernel's outputs are only for the feedback)."""
 
-    Scores go into this job's gradebook (so feedback shows them) and the verdict text replaces the
-    test cell's outputs in the autograded notebook (so feedback shows the verdict, not the kernel's output).
+    def __init__(self, course: Path, job: dict):
+        self.course, self.job, self.verdicts, self.error, self.seconds = course, job, {}, None, 0.0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        from autograder.judge import check_submission
+
+        started = time.perf_counter()
+        try:
+            for name in self.job["notebooks"]:
+                source = self.course / "source" / self.job["assignment"] / name
+                submitted = self.course / "submitted" / self.job["student"] / self.job["assignment"] / name
+                if submitted.exists():
+                    self.verdicts[name] = check_submission(
+                        source, submitted, timeout=self.job["judge_timeout"], cell_timeout=self.job["cell_timeout"],
+                        sandbox_settings=self.job.get("sandbox"))
+        except Exception as exc:  # noqa: BLE001 - reported as this submission's failure
+            self.error = f"judge error: {type(exc).__name__}: {exc}"[:300]
+        self.seconds = time.perf_counter() - started
+
+    def wait(self) -> dict:
+        self.thread.join()
+        if self.error:
+            raise RuntimeError(self.error)
+        return self.verdicts
+
+
+def apply_verdicts(course: Path, job: dict, checks: list[dict], verdicts_by_notebook: dict) -> list[dict]:
+    """The judge's verdicts replace what the student's kernel reported (``autograder.judge``).
+
+    Scores go into this job's gradebook (so feedback shows them) and each test cell's outputs in the
+    autograded notebook become what the judge's run of it printed plus the verdict (so feedback shows those).
     """
-    from autograder.checker import check_submission
     from nbgrader.api import Gradebook
 
     by_key = {(c["notebook"], c["check"]): c for c in checks}
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        for name in job["notebooks"]:
-            source = course / "source" / job["assignment"] / name
-            submitted = course / "submitted" / job["student"] / job["assignment"] / name
-            if not submitted.exists():
-                continue
-            verdicts = check_submission(source, submitted, timeout=job["checker_timeout"],
-                                        cell_timeout=job["cell_timeout"])
+        for name, verdicts in verdicts_by_notebook.items():
             autograded = course / "autograded" / job["student"] / job["assignment"] / name
             nb = json.loads(autograded.read_text())
             for cell in nb["cells"]:
@@ -147,14 +464,14 @@ def apply_checker_verdicts(course: Path, job: dict, checks: list[dict]) -> list[
                 check = by_key.get((name, gid))
                 if check is None:
                     continue
-                verdict = verdicts.get(gid, {"passed": False, "message": "the checker gave no verdict"})
-                check.update(passed=bool(verdict["passed"]), judged_by="checker",
+                verdict = verdicts.get(gid, {"passed": False, "message": "the judge gave no verdict"})
+                check.update(passed=bool(verdict["passed"]), judged_by="judge",
                              score=check["max_score"] if verdict["passed"] else 0.0,
                              message=str(verdict.get("message", ""))[:500])
                 grade = gb.find_grade(gid, name[:-len(".ipynb")], job["assignment"], job["student"])
                 grade.auto_score = check["score"]
                 grade.manual_score = None
-                text = "Independent checker: " + ("passed" if check["passed"] else "FAILED")
+                text = "Grader: " + ("passed" if check["passed"] else "FAILED")
                 if check["message"]:
                     text += f"\n{check['message']}"
                 printed = str(verdict.get("output") or "")
@@ -163,14 +480,6 @@ def apply_checker_verdicts(course: Path, job: dict, checks: list[dict]) -> list[
             gb.db.commit()
             autograded.write_text(json.dumps(nb, indent=1))
     return checks
-
-
-def checker_available() -> bool:
-    try:
-        import autograder.checker  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def autograde_error(result: dict) -> str:
@@ -185,40 +494,45 @@ def autograde_error(result: dict) -> str:
 
 def grade(job: dict, timings: dict) -> dict:
     course = Path(job["course"])
-    api = _load_api(course, set_aside_tests=job["use_checker"])
+    api = _load_api(course, set_aside_tests=job["use_judge"])
     timings["start"] = time.perf_counter()
     notes = []
     for name in job["notebooks"]:
         submitted = course / "submitted" / job["student"] / job["assignment"] / name
-        fixed = restore_nbgrader_metadata(submitted, course / "release" / job["assignment"] / name)
+        release = course / "release" / job["assignment"] / name
+        fixed = test_cell_changes(submitted, release) + restore_nbgrader_metadata(submitted, release)
         if fixed:
             notes.append(f"{name}: " + ", ".join(fixed))
+    judging = Judging(course, job) if job["use_judge"] else None
     result = api.autograde(job["assignment"], job["student"], force=True, create=True)
     if not result.get("success"):
         error = autograde_error(result)
-        if not job["use_checker"]:
+        if not job["use_judge"]:
             return {"status": "failed", "reason": f"nbgrader autograde failed: {error}", "checks": []}
         # nbgrader gives up on the whole notebook when the kernel dies (os._exit, a crash): record the
-        # submission without running it; the independent checker, which never needed that kernel, judges it.
-        notes.append(f"the notebook could not be run to the end ({error}); scores come from the independent checker")
+        # submission without running it; the judge, which never needed that kernel, decides the scores.
+        notes.append(f"the notebook could not be run to the end ({error}); scores come from the judge")
         api = _load_api(course, execute=False)
         result = api.autograde(job["assignment"], job["student"], force=True, create=True)
         if not result.get("success"):
             return {"status": "failed", "reason": f"nbgrader autograde failed: {autograde_error(result)}", "checks": []}
     timings["autograde"] = time.perf_counter()
     checks = nbgrader_checks(course, job)
-    if job["use_checker"]:
+    if judging is not None:
         try:
-            checks = apply_checker_verdicts(course, job, checks)
-            timings["checker"] = time.perf_counter()
+            checks = apply_verdicts(course, job, checks, judging.wait())
+            timings["judge_wait"] = time.perf_counter()  # beyond the kernel's run, which it overlaps
+            notes += [f"{c['check']}: {c['message'].splitlines()[0][:200]}" for c in checks if not c["passed"]
+                      and any(sign in c["message"] for sign in ("did not finish within", "ended without an answer"))]
         except Exception as exc:
-            return {"status": "failed", "checks": [],
-                    "reason": f"independent checker error: {type(exc).__name__}: {exc}"[:300]}
+            return {"status": "failed", "checks": [], "reason": str(exc)[:300] if "judge error" in str(exc)
+                    else f"judge error: {type(exc).__name__}: {exc}"[:300]}
     feedback = api.generate_feedback(job["assignment"], job["student"], force=True)
     timings["feedback"] = time.perf_counter()
     if not feedback.get("success"):
         notes.append("feedback could not be generated")
-    return {"status": "graded", "reason": "; ".join(notes), "checks": checks}
+    return {"status": "graded", "reason": "; ".join(notes), "checks": checks,
+            "judge_seconds": round(judging.seconds, 3) if judging else None}
 
 
 PRELOAD = ["nbgrader.apps", "nbgrader.api", "nbgrader.converters", "nbconvert.exporters", "jupyter_client",
@@ -255,6 +569,8 @@ def main(job_file: str) -> int:
     marks = list(timings.items())  # seconds spent in each step, for the benchmark
     result["timings"] = {name: round(t - marks[i][1], 3) for i, (name, t) in enumerate(marks[1:])}
     result["timings"]["imports"] = round(marks[0][1] - STARTED, 3) if marks else None
+    if result.get("judge_seconds") is not None:  # the judge's own time, alongside the kernel's run
+        result["timings"]["judge"] = result.pop("judge_seconds")
     (job_path.parent / "result.json").write_text(json.dumps(result, indent=1))
     return 0
 

@@ -1,4 +1,6 @@
-"""Keep notebooks clean in git: no outputs, no execution counts, one kernel.
+"""Keep notebooks clean in git: no outputs, no execution counts, one kernel, and the top-level metadata
+that JupyterLab itself writes, so that a notebook opens in JupyterLab unmodified (no dirty tab, no autosave
+that changes an instructor's `git status`).
 
     python -m autograder.notebooks clean   # rewrite every notebook under source/ and release/
     python -m autograder.notebooks check   # list offenders, exit 1 if any
@@ -12,6 +14,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+# The course's reference Python: the one its environment is built and tested with.
+PYTHON_VERSION = "3.11.7"
+# What JupyterLab stores in a notebook's metadata when its kernel starts: the kernel's `language_info`
+# (ipykernel's `IPythonKernel.language_info`), compared key by key, version included. With exactly this
+# Python a notebook opens clean; with another 3.11.x only "version" differs, and JupyterLab marks the
+# notebook modified because of that line alone (`make clean-notebooks` puts it back).
+LANGUAGE_INFO = {
+    "codemirror_mode": {"name": "ipython", "version": 3},
+    "file_extension": ".py",
+    "mimetype": "text/x-python",
+    "name": "python",
+    "nbconvert_exporter": "python",
+    "pygments_lexer": "ipython3",
+    "version": PYTHON_VERSION,
+}
 
 
 FIXTURES = "tests/fixtures/"  # student submissions kept as they were handed in (damaged on purpose)
@@ -32,6 +49,10 @@ def problems(nb: dict) -> list[str]:
             found.append(f"cell {i} has stored outputs or an execution count")
     if nb.get("metadata", {}).get("kernelspec", {}).get("name") != KERNELSPEC["name"]:
         found.append(f"kernel is not {KERNELSPEC['name']!r}")
+    elif nb["metadata"]["kernelspec"] != KERNELSPEC:
+        found.append(f"kernelspec is not {KERNELSPEC} (what JupyterLab writes for it)")
+    if nb.get("metadata", {}).get("language_info") != LANGUAGE_INFO:
+        found.append("language_info is not what JupyterLab writes (run `make clean-notebooks`)")
     return found
 
 
@@ -40,6 +61,7 @@ def clean(nb: dict) -> dict:
         if cell.get("cell_type") == "code":
             cell["outputs"], cell["execution_count"] = [], None
     nb.setdefault("metadata", {})["kernelspec"] = dict(KERNELSPEC)
+    nb["metadata"]["language_info"] = json.loads(json.dumps(LANGUAGE_INFO))  # a deep copy
     return nb
 
 

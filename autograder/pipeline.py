@@ -2,20 +2,18 @@
 
     python -m autograder grade ASSIGNMENT SUBMISSIONS --out OUT [--jobs N]
 
-Process model: the run builds one template course (the instructor's nbgrader_config.py + source/ASSIGNMENT,
-``nbgrader generate_assignment`` -> gradebook.db + release/). Each submission gets a copy of that course
-in its own temporary folder (so its own sqlite gradebook: no write conflicts) and is graded by its own
-child process (``autograder.grade_one``: nbgrader autograde, the independent checker when
-``autograder/checker.py`` exists, nbgrader generate_feedback). ``--jobs`` children run at once; the parent
-merges their results into OUT/grades.csv, OUT/checks.csv, OUT/feedback/<student>.html and OUT/run.json.
-The student's file is only ever read (copied into the job's course). Protected runs also start one checker
-server (``autograder.checker_server``) that every job's checker forks from; each job gets its share of the
-cores for framework threads (``thread_settings``).
+Process model (README, "How grading works"): the run builds one template course (the instructor's
+nbgrader_config.py + source/ASSIGNMENT, ``nbgrader generate_assignment`` -> gradebook.db + release/). Each
+submission gets a copy of that course in its own temporary folder (so its own sqlite gradebook: no write
+conflicts) and is graded by its own child process (``autograder.grade_one``: nbgrader autograde in a
+sandboxed kernel, the judge's verdicts, nbgrader generate_feedback). ``--jobs`` children run at once; the
+parent merges their results into OUT/grades.csv, OUT/checks.csv, OUT/feedback/<student>.html and
+OUT/run.json. The student's file is only ever read (copied into the job's course). Protected runs also
+start one fork server (``autograder.server``) that every judge and runner forks from; each job gets its
+share of the cores for framework threads (``thread_settings``).
 """
 from __future__ import annotations
 
-import csv
-import html
 import json
 import multiprocessing
 import secrets
@@ -31,16 +29,15 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autograder import checker_server, sandbox
-from autograder.grade_one import PRELOAD, checker_available, child_main
-from autograder.submissions import InstructorError, Submission, find_submissions, unpack
+from autograder import sandbox, server as fork_server
+from autograder.grade_one import PRELOAD, child_main
+from autograder.reports import CHECKS_COLUMNS, GRADES_COLUMNS, fmt, write_reports  # noqa: F401 (the CSV schema)
+from autograder.submissions import InstructorError, Submission, find_submissions, printable, unpack
 
 REPO = Path(__file__).resolve().parents[1]
-GRADES_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "reason"]
-CHECKS_COLUMNS = ["student_id", "assignment", "notebook", "check", "score", "max_score", "passed", "judged_by", "message"]
 SANDBOX_KERNEL = "ftlab-sandbox"
 def first_uid() -> int:
-    """Job i of this run runs as uid first_uid() + i (kernel and checker child alike). A random base per run,
+    """Job i of this run runs as uid first_uid() + i (kernel and runners alike). A random base per run,
     so that two runs at once (an instructor's and a benchmark) never share a uid: after each job the
     pipeline kills every process of that job's uid."""
     return 200_000 + secrets.randbelow(10**6) * 1000
@@ -56,7 +53,7 @@ class Options:
     cell_timeout: int | None = None  # None: the course's Execute.timeout
     submission_timeout: int = 1800
     memory_bytes: int = sandbox.DEFAULT_MEMORY
-    protected: bool = True  # sandbox + independent checker; False only for the benchmark's comparison
+    protected: bool = True  # sandbox + judge; False only for the benchmark's comparison
     keep_temp: bool = False
     first_uid: int = field(default_factory=first_uid)
 
@@ -71,10 +68,6 @@ class Row:
     feedback: Path | None = None
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)
-
-
-def fmt(x: float | None) -> str:
-    return "" if x is None else f"{x:g}"
 
 
 def log(message: str) -> None:
@@ -158,7 +151,7 @@ def prepare_job(opts: Options, root: Path, template: Path, sub: Submission, inde
     folder = course / "submitted" / sub.student_id / opts.assignment
     folder.mkdir(parents=True)
     for name, path in sub.notebooks.items():
-        shutil.copyfile(path, folder / name)  # read-only use of the student's file
+        shutil.copyfile(path, folder / name)  # the private copy of the bytes read (autograder.submissions)
     settings = ""
     if opts.cell_timeout:
         settings += f"\nc.Execute.timeout = {int(opts.cell_timeout)}\n"
@@ -170,21 +163,39 @@ def prepare_job(opts: Options, root: Path, template: Path, sub: Submission, inde
     with open(course / "nbgrader_config.py", "a") as f:
         f.write(settings)
     spec = {"course": str(course), "assignment": opts.assignment, "student": sub.student_id,
-            "notebooks": sorted(sub.notebooks), "use_checker": opts.protected and checker_available(),
-            "checker_timeout": opts.submission_timeout / 2, "cell_timeout": opts.cell_timeout or 180}
+            "notebooks": sorted(sub.notebooks), "use_judge": opts.protected,
+            "judge_timeout": opts.submission_timeout / 2, "cell_timeout": opts.cell_timeout or course_cell_timeout(opts),
+            "sandbox": {"uid": uid, "hide": [str(p) for p in hide], "memory_bytes": opts.memory_bytes}}
     (job / "job.json").write_text(json.dumps(spec, indent=1))
     return {"dir": job, "uid": uid, "spec": spec, "hide": [str(p) for p in hide]}
 
 
-def start_checker_server(opts: Options, root: Path, template: Path) -> checker_server.CheckerServer:
-    """One checker fork server for the run: it imports what the assignment's checks need once, and forks a
-    fresh, sandboxed checker process for every check (autograder/checker_server.py)."""
-    from autograder.checker import preload_for
+def start_fork_server(opts: Options, root: Path, template: Path) -> fork_server.ForkServer:
+    """One fork server for the run: it imports what the assignment's checks need once, and forks each
+    submission's judge and every sandboxed runner (autograder/server.py)."""
+    from autograder.cells import preload_for
 
-    folder = root / "checker-server"
+    folder = root / "fork-server"
     folder.mkdir(mode=0o700)
     preload = preload_for(sorted((template / "source" / opts.assignment).glob("*.ipynb")))
-    return checker_server.CheckerServer.start(preload, folder, env=thread_settings(opts.jobs))
+    return fork_server.ForkServer.start(preload, folder, env={**thread_settings(opts.jobs), **grading_settings()})
+
+
+def grading_settings() -> dict:
+    """Settings every process of a run shares: the course weights unless the instructor chose others (the
+    judge and the sandboxed runners must load the same ones, and the sandbox hides the ImageNet caches)."""
+    return {"FTLAB_WEIGHTS": os.environ.get("FTLAB_WEIGHTS", "course")}
+
+
+def course_cell_timeout(opts: Options) -> int:
+    """The course's ``c.Execute.timeout`` (nbgrader_config.py), the limit of every cell and call."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    try:
+        config = PyFileConfigLoader("nbgrader_config.py", path=str(opts.course)).load_config()
+        return int(config.Execute.timeout)
+    except Exception:  # noqa: BLE001 - no readable setting: nbgrader's own default
+        return 30
 
 
 _PROCESSES = []
@@ -195,20 +206,18 @@ def grading_processes():
     (forked from it), without paying nbgrader's import time (seconds) again."""
     if not _PROCESSES:
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(PRELOAD + (["autograder.checker"] if checker_available() else []))
+        context.set_forkserver_preload(PRELOAD)
         _PROCESSES.append(context)
     return _PROCESSES[0]
 
 
 def run_job(opts: Options, job: dict, sub: Submission) -> Row:
-    env = {**nbgrader_env(), **thread_settings(opts.jobs), "JUPYTER_PATH": str(job["dir"] / "jupyter"),
+    env = {**nbgrader_env(), **thread_settings(opts.jobs), **grading_settings(), "JUPYTER_PATH": str(job["dir"] / "jupyter"),
            "JUPYTER_RUNTIME_DIR": str(job["dir"] / "runtime"), "PYTHONDONTWRITEBYTECODE": "1"}
     if opts.protected:  # jupyter_client writes the kernel's connection file (and ipc sockets) in TMPDIR
         env["TMPDIR"] = str(job["dir"] / "runtime")
-        # the checker's child (autograder.checker -> sandbox.wrap) gets this job's uid, hidden paths and memory
-        env.update(sandbox.job_environment(uid=job["uid"], hide=job["hide"], memory_bytes=opts.memory_bytes))
-        if job.get("checker_server"):
-            env[checker_server.SERVER_VARIABLE] = job["checker_server"]
+        if job.get("fork_server"):
+            env[fork_server.SERVER_VARIABLE] = job["fork_server"]
     start = time.monotonic()
     proc = grading_processes().Process(target=child_main, args=(
         str(job["dir"] / "job.json"), env, job["spec"]["course"], str(job["dir"] / "worker.log")))
@@ -241,39 +250,14 @@ def run_job(opts: Options, job: dict, sub: Submission) -> Row:
 
 
 # ----------------------------------------------------------------------------- outputs
-def failed_feedback(student: str, assignment: str, reason: str) -> str:
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(assignment)}: feedback"
-            f"</title></head><body><h1>{html.escape(assignment)}: {html.escape(student)}</h1>"
-            f"<p>Your submission could not be graded automatically:</p><p><b>{html.escape(reason)}</b></p>"
-            f"<p>Please contact your instructor.</p></body></html>\n")
-
-
 def mean_steps(timings: list[dict]) -> dict:
-    """Mean seconds per grading step over the graded submissions (imports, autograde, checker, feedback)."""
+    """Mean seconds per grading step over the graded submissions (imports, autograde, judge, feedback)."""
     names = sorted({k for t in timings for k, v in t.items() if v is not None})
     return {k: round(sum(t.get(k) or 0 for t in timings) / len(timings), 2) for k in names} if timings else {}
 
 
 def write_outputs(opts: Options, rows: list[Row], max_score: float, run_info: dict) -> None:
-    (opts.out / "feedback").mkdir(parents=True, exist_ok=True)
-    with open(opts.out / "grades.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(GRADES_COLUMNS)
-        for r in rows:
-            w.writerow([r.student_id, opts.assignment, fmt(r.score), fmt(max_score), r.status, r.reason])
-    with open(opts.out / "checks.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(CHECKS_COLUMNS)
-        for r in rows:
-            for c in r.checks:
-                w.writerow([r.student_id, opts.assignment, c["notebook"], c["check"], fmt(c["score"]),
-                            fmt(c["max_score"]), c["passed"], c["judged_by"], c["message"]])
-    for r in rows:
-        target = opts.out / "feedback" / f"{r.student_id}.html"
-        if r.feedback:
-            shutil.copyfile(r.feedback, target)
-        else:
-            target.write_text(failed_feedback(r.student_id, opts.assignment, r.reason or "no feedback"))
+    write_reports(opts.out, opts.assignment, rows, max_score)  # grades.csv, checks.csv, feedback/ (reports.py)
     (opts.out / "run.json").write_text(json.dumps(run_info, indent=1) + "\n")
 
 
@@ -297,17 +281,20 @@ def grade(opts: Options) -> int:
     os.chmod(root, 0o700)
     server = None
     try:
-        folder = opts.submissions
+        folder, refused = opts.submissions, []
         if folder.is_file():
-            folder = unpack(folder, root / "unzipped")
-        subs = find_submissions(folder, opts.assignment, notebooks)
+            unpacked = unpack(folder, root / "unzipped")
+            folder, refused = unpacked.folder, unpacked.refused
+        subs = find_submissions(folder, opts.assignment, notebooks, copy_to=root / "received", refused=refused)
+        if refused:  # members outside every student folder: no row to put them in
+            log(f"archive: {len(refused)} member(s) outside the student folders not unpacked: " +
+                "; ".join(f"{printable(name)} ({why})" for name, why in refused[:5]))
         if not subs:
             raise InstructorError(f"no student folders in {opts.submissions}")
         opts.out.mkdir(parents=True, exist_ok=True)
         protections = sandbox.protections() if opts.protected else {}
-        use_checker = opts.protected and checker_available()
         mode = (sandbox.summary(protections) if opts.protected else "UNPROTECTED (benchmark mode): no sandbox") + \
-            "; verdicts: " + ("independent checker" if use_checker else "student's kernel (nbgrader)")
+            "; verdicts: " + ("the judge" if opts.protected else "student's kernel (nbgrader)")
         log(f"grading {len(subs)} submission(s) of {opts.assignment} with {opts.jobs} job(s); {mode}")
         template, max_score = build_template(opts, root)
         rows: dict[str, Row] = {}
@@ -317,16 +304,16 @@ def grade(opts: Options) -> int:
                 rows[sub.student_id] = Row(sub.student_id, "failed", reason=sub.problem)
             else:
                 todo.append((sub, prepare_job(opts, root, template, sub, i)))
-        checker_processes = "a fresh interpreter per check"
-        if use_checker and todo and checker_server.supported():
+        processes = "fresh interpreters"
+        if opts.protected and todo and fork_server.supported():
             try:
-                server = start_checker_server(opts, root, template)
-            except (OSError, RuntimeError) as error:  # slower, equally safe: each check starts its own interpreter
-                log(f"the checker server did not start ({str(error)[:200]}): each check starts a fresh interpreter")
+                server = start_fork_server(opts, root, template)
+            except (OSError, RuntimeError) as error:  # slower, equally safe: fresh interpreters
+                log(f"the fork server did not start ({str(error)[:200]}): judges and runners start as fresh interpreters")
             else:
-                checker_processes = "forked by the checker server"
+                processes = "forked by the fork server"
                 for _, job in todo:
-                    job["checker_server"] = str(server.socket_path)
+                    job["fork_server"] = str(server.socket_path)
         start, done, lock = time.monotonic(), len(rows), threading.Lock()
         with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
             futures = {pool.submit(run_job, opts, job, sub): sub for sub, job in todo}
@@ -345,8 +332,8 @@ def grade(opts: Options) -> int:
         ordered = [rows[s.student_id] for s in subs]
         run_info = {"assignment": opts.assignment, "submissions": len(subs), "jobs": opts.jobs,
                     "max_score": max_score, "protected": opts.protected, "protections": protections,
-                    "verdicts": "checker" if use_checker else "nbgrader",
-                    "checker_processes": checker_processes if use_checker else None,
+                    "verdicts": "judge" if opts.protected else "nbgrader",
+                    "judge_processes": processes if opts.protected else None,
                     "graded": sum(r.status == "graded" for r in ordered),
                     "failed": sum(r.status == "failed" for r in ordered),
                     "seconds": round(time.monotonic() - start, 2),

@@ -34,7 +34,7 @@ thread settings) and sets ``HOME``/``MPLCONFIGDIR``/``KERAS_HOME`` inside ``work
 
 The other way in, ``fork_confined(spec, run)`` (after ``enter_namespaces()``), gives a Python function the
 same confinement in a forked child, for a process that has already imported what the code needs (the
-checker's fork server, ``autograder.checker_server``): no interpreter start, no imports per submission.
+fork server, ``autograder.server``): no interpreter start, no imports per call.
 """
 from __future__ import annotations
 
@@ -102,28 +102,23 @@ def summary(active: dict | None = None) -> str:
 
 
 # ----------------------------------------------------------------------------- building the command
-JOB_VARIABLES = ("FTLAB_SANDBOX_UID", "FTLAB_SANDBOX_HIDE", "FTLAB_SANDBOX_MEMORY", "FTLAB_CHECKER_SERVER")
+JOB_VARIABLES = ("FTLAB_FORK_SERVER",)  # the grader's own variables: never passed on
 
 
-def job_environment(*, uid: int, hide: list, memory_bytes: int) -> dict:
-    """Variables that make ``wrap`` calls made in a child (e.g. by the checker) default to this job's
-    uid, hidden paths and memory limit."""
-    return {"FTLAB_SANDBOX_UID": str(uid), "FTLAB_SANDBOX_HIDE": os.pathsep.join(map(str, hide)),
-            "FTLAB_SANDBOX_MEMORY": str(memory_bytes)}
+def safe_environment(base: dict) -> dict:
+    """Only the harmless variables of ``base`` (``ENV_KEPT``, ``FTLAB_*`` settings): what may reach a process
+    that runs student code. Tokens, passwords and paths of the grading user's environment stay behind."""
+    return {k: v for k, v in base.items() if (k in ENV_KEPT or k.startswith(ENV_PREFIXES_KEPT)) and k not in JOB_VARIABLES}
 
 
 def make_spec(*, workdir: Path, memory_bytes: int | None = None, cpu_seconds: int = DEFAULT_CPU_SECONDS,
               processes: int = DEFAULT_PROCESSES, uid: int | None = None, hide: tuple = (), keep: tuple = ()) -> dict:
     """What ``wrap`` and ``fork_confined`` confine code to (see ``wrap`` for the arguments).
 
-    Defaults for uid, memory and extra hidden paths come from FTLAB_SANDBOX_UID / _MEMORY / _HIDE when set
-    (the grading pipeline sets them for each job), else DEFAULT_UID and DEFAULT_MEMORY.
+    Defaults: DEFAULT_UID and DEFAULT_MEMORY (the grading pipeline gives each job its own uid).
     """
-    if uid is None:
-        uid = int(os.environ.get("FTLAB_SANDBOX_UID", DEFAULT_UID))
-    if memory_bytes is None:
-        memory_bytes = int(os.environ.get("FTLAB_SANDBOX_MEMORY", DEFAULT_MEMORY))
-    hide = (*hide, *[p for p in os.environ.get("FTLAB_SANDBOX_HIDE", "").split(os.pathsep) if p])
+    uid = DEFAULT_UID if uid is None else uid
+    memory_bytes = DEFAULT_MEMORY if memory_bytes is None else memory_bytes
     return {"workdir": str(Path(workdir).resolve()), "memory": int(memory_bytes), "cpu": int(cpu_seconds),
             "processes": int(processes), "uid": int(uid), "keep": [str(Path(p).resolve()) for p in keep],
             "hide": [str(Path(p).resolve()) for p in hide]}
@@ -246,9 +241,7 @@ def _drop_privileges(uid: int) -> None:
 
 
 def _environment(workdir: str, base: dict | None = None) -> dict:
-    base = os.environ if base is None else base
-    env = {k: v for k, v in base.items()
-           if (k in ENV_KEPT or k.startswith(ENV_PREFIXES_KEPT)) and k not in JOB_VARIABLES}
+    env = safe_environment(os.environ if base is None else base)
     env.update(HOME=workdir, USER="student", LOGNAME="student", TMPDIR="/tmp",
                MPLCONFIGDIR=os.path.join(workdir, ".matplotlib"), KERAS_HOME=os.path.join(workdir, ".keras"),
                PYTHONDONTWRITEBYTECODE="1")
@@ -291,7 +284,7 @@ def enter(argv: list[str]) -> None:
 
 
 # ----------------------------------------------------------------------------- the other way in: fork
-# A process that has already imported what the code needs (the checker's fork server: torch, TensorFlow)
+# A process that has already imported what the code needs (the fork server: torch, TensorFlow)
 # forks instead of exec'ing a fresh interpreter. Same confinement, minus the interpreter start and imports.
 _CLONE_NEWNS, _CLONE_NEWNET, _CLONE_NEWPID = 0x00020000, 0x40000000, 0x20000000
 _MS_NOEXEC, _MS_PRIVATE = 8, 1 << 18

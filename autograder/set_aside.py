@@ -1,6 +1,6 @@
-"""When the independent checker judges, the student's kernel does not run the test cells a second time.
+"""When the judge decides, the student's kernel does not run the test cells a second time.
 
-In protected grading the score of every test cell comes from the checker (autograder/checker.py), which
+In protected grading the score of every test cell comes from the judge (autograder/judge.py), which
 runs the instructor's test cells itself and captures what they print. Running them in the student's kernel
 as well would only double the work (the Keras lesson's checks build and train models for about 15 s) for
 verdicts that are thrown away. So nbgrader's autograde, configured by ``autograder.grade_one``, runs:
@@ -8,7 +8,7 @@ verdicts that are thrown away. So nbgrader's autograde, configured by ``autograd
     SetAsideTestCells -> Execute -> PutBackTestCells -> (nbgrader's other steps)
 
 Each graded test cell runs as a one-line comment in the kernel, then gets its source back, so the
-autograded notebook and the feedback show the real test code, with the checker's output and verdict.
+autograded notebook and the feedback show the real test code, with the judge's output and verdict.
 Answer cells and the lesson's other cells run as before, so feedback shows the student's own outputs.
 This relies on test cells being self-contained (no later cell uses a name only a test cell defines),
 which tests/test_notebooks.py checks for the course's notebooks.
@@ -19,10 +19,10 @@ import ast
 
 from nbgrader.preprocessors import NbGraderPreprocessor
 
-from autograder.checker import cell_source, is_test_cell, nbgrader_meta, parse_cell
+from autograder.cells import cell_source, is_test_cell, nbgrader_meta, parse_cell
 
 KEY = "ftlab_set_aside_source"
-PLACEHOLDER = "# this test cell is run by the independent checker, not in the student's kernel\n"
+PLACEHOLDER = "# this test cell is run by the grader's judge, not in the student's kernel\n"
 
 
 class SetAsideTestCells(NbGraderPreprocessor):

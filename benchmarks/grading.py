@@ -6,9 +6,9 @@
 
 Every configuration grades the same batch: N copies of a realistic submission (the student version with
 the reference answers filled in). Plain nbgrader = one ``nbgrader autograde ASSIGNMENT`` call over all N
-in a throw-away course (sequential, no sandbox, no checker, no feedback). The pipeline does more per
-submission (own course copy, autograde, independent checker, feedback HTML); ``--unprotected`` is the
-pipeline without sandbox and checker, used here only to measure what the protection costs (issue 7 asks
+in a throw-away course (sequential, no sandbox, no judge, no feedback). The pipeline does more per
+submission (own course copy, autograde, judge, feedback HTML); ``--unprotected`` is the
+pipeline without sandbox and judge, used here only to measure what the protection costs (issue 7 asks
 for at most 25%). Prints seconds per submission and the ratios. Wall-clock figures: the machine's load
 from other work changes them; run it on a quiet machine.
 """
@@ -116,8 +116,8 @@ def main(argv=None) -> int:
         print(f"grading {n} copies of the {args.assignment} reference solution on {os.cpu_count()} cores"
               f" ({args.rounds} round(s), order alternating, median reported)", flush=True)
         runs = [("plain", "plain nbgrader autograde (one call, sequential)", lambda: plain_nbgrader(course, args.assignment, name, nb, n)),
-                ("jobs1", "pipeline --jobs 1 (sandbox + checker + feedback)", lambda: pipeline(pipeline_course, args.assignment, submissions, root / "o1", 1, True)),
-                ("jobs2", "pipeline --jobs 2 (sandbox + checker + feedback)", lambda: pipeline(pipeline_course, args.assignment, submissions, root / "o2", 2, True)),
+                ("jobs1", "pipeline --jobs 1 (sandbox + judge + feedback)", lambda: pipeline(pipeline_course, args.assignment, submissions, root / "o1", 1, True)),
+                ("jobs2", "pipeline --jobs 2 (sandbox + judge + feedback)", lambda: pipeline(pipeline_course, args.assignment, submissions, root / "o2", 2, True)),
                 ("unprotected", "pipeline --jobs 2 --unprotected (feedback only)", lambda: pipeline(pipeline_course, args.assignment, submissions, root / "o3", 2, False))]
         runs = [r for r in runs if r[0] in only]
         for round_ in range(args.rounds):
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
         if {"plain", "jobs2"} <= set(times):
             print(f"speed-up --jobs 2 vs plain nbgrader:       {times['plain'] / times['jobs2']:.2f}x")
         if {"jobs2", "unprotected"} <= set(times):
-            print(f"cost of protection (sandbox + checker) at --jobs 2: {100 * (times['jobs2'] / times['unprotected'] - 1):+.0f}% "
+            print(f"cost of protection (sandbox + judge) at --jobs 2: {100 * (times['jobs2'] / times['unprotected'] - 1):+.0f}% "
                   f"per submission vs the unprotected pipeline")
         with open(os.environ.get("FTLAB_BENCH_JSON", os.devnull), "w") as f:
             json.dump({"assignment": args.assignment, "copies": n, "seconds": times, "samples": samples}, f, indent=1)

@@ -1,9 +1,11 @@
-"""The Keras lesson (issue 3): its exercise contract, its student version, and its grading through the
-real nbgrader CLI.
+"""Keras lesson: each exercise's table of answers gets the same verdict everywhere.
 
-This process never imports TensorFlow: the notebooks run in nbgrader's kernels. One `grade(...)` call
-(one `nbgrader autograde` run) grades every submission below; the lesson runs in quick mode there
-(NBGRADER_EXECUTION is set), a few training steps per run.
+For every exercise a table of student answers: honest styles that must pass and wrong answers, each with
+the phrase its message must contain. Every entry is judged by the visible test cell run as a kernel runs it
+and by the grader's judge (the verdicts that become scores), which must agree; one honest and one wrong
+answer per exercise also go through nbgrader's Validate button. One real grading run shows the reference at
+full marks, the untouched notebook at zero and the seed's practice mistakes losing exactly their points.
+Never import TensorFlow here (see conftest.py): the framework runs in child processes.
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, make_course, nbgrader
-from grading import grade, grade_id, release_notebook, solutions, source_notebook, with_answers
+from grading import (PASS, grade_id, grade_in_production, judge_verdicts, release_notebook, solutions,
+                     source_notebook, table_entries, table_submissions, validate_failures, visible_verdicts,
+                     with_answers)
 
 ASSIGNMENT = "keras_lesson"
 NOTEBOOK = "fine_tuning_keras.ipynb"
@@ -51,9 +55,8 @@ def test_exercises_have_answer_and_test_cells_with_the_agreed_ids():
         if meta(cell).get("grade"):
             text = source_of(cell)
             assert meta(cell)["points"] > 0 and meta(cell)["locked"]
-            visible, _, hidden = text.partition("### BEGIN HIDDEN TESTS")
-            assert "checks." in visible, f"{grade_id(cell)} has no visible check"
-            assert "checks." in hidden and "### END HIDDEN TESTS" in hidden, f"{grade_id(cell)} has no hidden check"
+            assert "checks.check_" in text, f"{grade_id(cell)} has no check"
+            assert "HIDDEN TESTS" not in text, f"{grade_id(cell)}: no secret here, so the whole check is visible"
 
 
 def _imported_names(tree) -> set[str]:
@@ -67,7 +70,7 @@ def _imported_names(tree) -> set[str]:
 
 
 def test_test_cells_are_self_contained():
-    """The independent checker runs each test cell with only answer-cell defs, imports and check functions."""
+    """The judge runs each test cell with only answer-cell defs, imports and check functions."""
     cells = [c for c in source_notebook(ASSIGNMENT)["cells"] if c["cell_type"] == "code"]
     allowed = set(dir(builtins)) | set(EXERCISES)
     for cell in cells:
@@ -122,19 +125,9 @@ def test_student_version_leaks_no_solution():
     for name, code in solutions(ASSIGNMENT).items():
         body = code.split("### BEGIN SOLUTION")[1].split("### END SOLUTION")[0].strip()
         assert body not in text, f"the solution of {name} is in the student version"
-    for cell in student["cells"]:
-        if meta(cell).get("grade"):
-            assert "_behaviour" not in source_of(cell), "a hidden check is visible"
 
 
 # ---- the real nbgrader CLI ------------------------------------------------------------------------
-def test_instructor_notebook_passes_validate(tmp_path):
-    course = make_course(tmp_path / "course", [ASSIGNMENT])
-    result = nbgrader("validate", f"source/{ASSIGNMENT}/{NOTEBOOK}", cwd=course, check=False)
-    out = result.stdout + result.stderr
-    assert result.returncode == 0 and "Success! Your notebook passes all the tests." in out, out[-3000:]
-
-
 def test_student_version_fails_its_tests_cleanly(tmp_path):
     course = make_course(tmp_path / "course", [ASSIGNMENT])
     student = course / "student" / NOTEBOOK
@@ -145,151 +138,148 @@ def test_student_version_fails_its_tests_cleanly(tmp_path):
     assert result.returncode == 0 and "Success! The notebook does not pass any tests." in out, out[-3000:]
 
 
-# Submissions: each answer is a whole answer cell, by grade id.
-ALTERNATIVE_STYLES = {  # correct, written differently, and noisy on stderr: full marks
-    "build_base": '''
-import sys
-import warnings
-from course.keras_tools import mobilenet_v2_base
-
-def build_base(input_shape=(96, 96, 3)):
-    print("W0000 tensorflow noise on stderr", file=sys.stderr)
-    warnings.warn("a deprecation warning from somewhere", DeprecationWarning)
-    return mobilenet_v2_base(input_shape=input_shape, verbose=False)
-''',
-    "freeze_all": '''
-import sys
-import warnings
-
-def freeze_all(model):
-    for layer in model.layers:
-        layer.trainable = False
-    warnings.warn("freezing: every layer now", UserWarning)
-    print("E0000 more noise", file=sys.stderr)
-    return model
-''',
-    "add_head": '''
-def add_head(base, num_classes):
-    scores = keras.layers.Dense(num_classes, name="new_head")(base.output)
-    probabilities = keras.layers.Activation("softmax")(scores)
-    return keras.Model(inputs=base.inputs, outputs=probabilities)
-''',
-    "unfreeze_last": '''
-def unfreeze_last(base, n):
-    base.trainable = True
-    for layer in base.layers[:-n]:
-        layer.trainable = False
-    for layer in base.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
-''',
-    "compile_for_fine_tuning": '''
-def compile_for_fine_tuning(model, lr=1e-5):
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr),
-                  loss=keras.losses.CategoricalCrossentropy(),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
-    return model
-''',
+BUILD = "def build_base(input_shape=(96, 96, 3)):\n    return MobileNetV2(weights=mobilenet_v2_weights(), include_top=False, pooling='avg', input_shape=input_shape)\n"
+TABLE = {
+    "build_base": [
+        ("the lesson's call", BUILD, PASS),
+        ("keras.applications, keywords reordered", "def build_base(input_shape=(96, 96, 3)):\n    w = mobilenet_v2_weights()\n    return keras.applications.MobileNetV2(input_shape=input_shape, pooling='avg', include_top=False, weights=w)\n", PASS),
+        ("the course helper, noise on stderr", "import sys, warnings\nfrom course.keras_tools import mobilenet_v2_base\n\ndef build_base(input_shape=(96, 96, 3)):\n    print('W0000 noise', file=sys.stderr)\n    warnings.warn('a deprecation warning', DeprecationWarning)\n    return mobilenet_v2_base(input_shape=input_shape, verbose=False)\n", PASS),
+        ("max pooling", BUILD.replace("'avg'", "'max'"), "pooling='avg'"),
+        ("random weights", BUILD.replace("mobilenet_v2_weights()", "None"), "did not load the weights"),
+        ("a hard-coded 'imagenet' (the seed's call)", BUILD.replace("mobilenet_v2_weights()", "'imagenet'"), "cannot be downloaded"),
+        ("no pooling", "def build_base(input_shape=(96, 96, 3)):\n    return MobileNetV2(weights=mobilenet_v2_weights(), include_top=False, input_shape=input_shape)\n", "feature map"),
+        ("its argument ignored", BUILD.replace("input_shape=input_shape", "input_shape=(96, 96, 3)"), "ignored its argument"),
+        ("frozen already", BUILD.replace("    return MobileNetV2", "    base = MobileNetV2").replace("input_shape)\n", "input_shape)\n    base.trainable = False\n    return base\n"), "every layer trainable"),
+    ],
+    "freeze_all": [
+        ("model.trainable", "def freeze_all(model):\n    model.trainable = False\n    return model\n", PASS),
+        ("every layer", "def freeze_all(model):\n    for layer in model.layers:\n        layer.trainable = False\n    return model\n", PASS),
+        ("every layer, deep", "def freeze_all(model):\n    for layer in model._flatten_layers(include_self=True, recursive=True):\n        layer.trainable = False\n    return model\n", PASS),
+        ("variables, not layers", "def freeze_all(model):\n    for weight in model.weights:\n        weight.trainable = False\n    return model\n", "marked the weights non-trainable"),
+        ("all but the last layer", "def freeze_all(model):\n    for layer in model.layers[:-1]:\n        layer.trainable = False\n    return model\n", "last layer"),
+        ("a comparison, not an assignment (the seed's no freeze)", "def freeze_all(model):\n    model.trainable == False\n    return model\n", "still trainable"),
+        ("no return", "def freeze_all(model):\n    model.trainable = False\n", "should return the model"),
+        ("only BatchNormalization", "def freeze_all(model):\n    for layer in model.layers:\n        if isinstance(layer, BatchNormalization):\n            layer.trainable = False\n    return model\n", "still trainable"),
+    ],
+    "add_head": [
+        ("functional, base.output", "def add_head(base, num_classes):\n    return Model(base.input, Dense(num_classes, activation='softmax')(base.output))\n", PASS),
+        ("the base called on a new input", "def add_head(base, num_classes):\n    inputs = keras.Input(base.input.shape[1:])\n    return Model(inputs, Dense(num_classes, activation='softmax')(base(inputs, training=False)))\n", PASS),
+        ("Sequential", "def add_head(base, num_classes):\n    return keras.Sequential([base, Dense(num_classes, activation='softmax')])\n", PASS),
+        ("Dense then Activation", "def add_head(base, num_classes):\n    scores = keras.layers.Dense(num_classes, name='new_head')(base.output)\n    return keras.Model(inputs=base.inputs, outputs=keras.layers.Activation('softmax')(scores))\n", PASS),
+        ("no softmax", "def add_head(base, num_classes):\n    return Model(base.input, Dense(num_classes)(base.output))\n", "not probabilities"),
+        ("always 5 classes", "def add_head(base, num_classes):\n    return Model(base.input, Dense(5, activation='softmax')(base.output))\n", "expected (None, 3)"),
+        ("the base unfrozen", "def add_head(base, num_classes):\n    base.trainable = True\n    return Model(base.input, Dense(num_classes, activation='softmax')(base.output))\n", "changed trainable flags"),
+        ("the head frozen too (the seed's mistake)", "def add_head(base, num_classes):\n    model = Model(base.input, Dense(num_classes, activation='softmax')(base.output))\n    model.trainable = False\n    return model\n", "no trainable weights"),
+        ("an extra hidden layer", "def add_head(base, num_classes):\n    x = Dense(64, activation='relu')(base.output)\n    return Model(base.input, Dense(num_classes, activation='softmax')(x))\n", "trainable parameters"),
+        ("a new base", "def add_head(base, num_classes):\n    fresh = keras.models.clone_model(base)\n    return Model(fresh.input, Dense(num_classes, activation='softmax')(fresh.output))\n", "does not use the base"),
+    ],
+    "unfreeze_last": [
+        ("max(0, ...)", "def unfreeze_last(base, n):\n    for layer in base.layers[max(0, len(base.layers) - n):]:\n        if not isinstance(layer, BatchNormalization):\n            layer.trainable = True\n    return base\n", PASS),
+        ("a guarded negative slice", "def unfreeze_last(base, n):\n    if n > 0:\n        for layer in base.layers[-n:]:\n            layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)\n    return base\n", PASS),
+        ("indices", "def unfreeze_last(base, n):\n    for i, layer in enumerate(base.layers):\n        if i >= len(base.layers) - n and type(layer).__name__ != 'BatchNormalization':\n            layer.trainable = True\n    return base\n", PASS),
+        ("BatchNormalization too (the seed's mistake)", "def unfreeze_last(base, n):\n    for layer in base.layers[max(0, len(base.layers) - n):]:\n        layer.trainable = True\n    return base\n", "BatchNormalization layers trainable"),
+        ("[-n:] (n=0 is everything)", "def unfreeze_last(base, n):\n    for layer in base.layers[-n:]:\n        if not isinstance(layer, BatchNormalization):\n            layer.trainable = True\n    return base\n", "-0:"),
+        ("the first n", "def unfreeze_last(base, n):\n    for layer in base.layers[:n]:\n        if not isinstance(layer, BatchNormalization):\n            layer.trainable = True\n    return base\n", "before the last"),
+        ("a negative start", "def unfreeze_last(base, n):\n    if n:\n        for layer in base.layers[len(base.layers) - n:]:\n            if not isinstance(layer, BatchNormalization):\n                layer.trainable = True\n    return base\n", "negative"),
+        ("one too many", "def unfreeze_last(base, n):\n    for layer in base.layers[max(0, len(base.layers) - n - 1):]:\n        if not isinstance(layer, BatchNormalization):\n            layer.trainable = True\n    return base\n", "before the last"),
+        ("no return", "def unfreeze_last(base, n):\n    for layer in base.layers[max(0, len(base.layers) - n):]:\n        if not isinstance(layer, BatchNormalization):\n            layer.trainable = True\n", "should return base"),
+    ],
+    "compile_for_fine_tuning": [
+        ("strings", "def compile_for_fine_tuning(model, lr=1e-5):\n    model.compile(optimizer=Adam(learning_rate=lr), loss='categorical_crossentropy', metrics=['accuracy'])\n    return model\n", PASS),
+        ("objects", "def compile_for_fine_tuning(model, lr=1e-5):\n    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=keras.losses.CategoricalCrossentropy(),\n                  metrics=[keras.metrics.CategoricalAccuracy(name='accuracy')])\n    return model\n", PASS),
+        ("a positional rate", "def compile_for_fine_tuning(model, lr=1e-5):\n    model.compile(Adam(lr), 'categorical_crossentropy', metrics=['acc'])\n    return model\n", PASS),
+        ("no recompile (the seed's mistake)", "def compile_for_fine_tuning(model, lr=1e-5):\n    if model.compiled:\n        model.optimizer.learning_rate.assign(lr)\n    else:\n        model.compile(optimizer=Adam(learning_rate=lr), loss='categorical_crossentropy', metrics=['accuracy'])\n    return model\n", "compile(...) again"),
+        ("Adam's default rate (the seed's high rate)", "def compile_for_fine_tuning(model, lr=1e-5):\n    model.compile(optimizer=Adam(), loss='categorical_crossentropy', metrics=['accuracy'])\n    return model\n", "wreck the pre-trained features"),
+        ("SGD", "def compile_for_fine_tuning(model, lr=1e-5):\n    model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr), loss='categorical_crossentropy', metrics=['accuracy'])\n    return model\n", "the lesson uses Adam"),
+        ("sparse labels", "def compile_for_fine_tuning(model, lr=1e-5):\n    model.compile(optimizer=Adam(learning_rate=lr), loss='sparse_categorical_crossentropy', metrics=['accuracy'])\n    return model\n", "categorical_crossentropy"),
+        ("no metrics", "def compile_for_fine_tuning(model, lr=1e-5):\n    model.compile(optimizer=Adam(learning_rate=lr), loss='categorical_crossentropy')\n    return model\n", "metrics=['accuracy']"),
+        ("everything unfrozen first", "def compile_for_fine_tuning(model, lr=1e-5):\n    model.trainable = True\n    model.compile(optimizer=Adam(learning_rate=lr), loss='categorical_crossentropy', metrics=['accuracy'])\n    return model\n", "changed trainable flags"),
+    ],
 }
 
-MISTAKES = {
-    "freezing_nothing": ("freeze_all", '''
-def freeze_all(model):
-    model.trainable == False
-    return model
-'''),
-    "freezing_the_head_too": ("add_head", '''
-def add_head(base, num_classes):
-    model = Model(base.input, Dense(num_classes, activation="softmax")(base.output))
-    model.trainable = False
-    return model
-'''),
-    "unfreezing_batchnorm": ("unfreeze_last", '''
-def unfreeze_last(base, n):
-    for layer in base.layers[-n:]:
-        layer.trainable = True
-    return base
-'''),
-    "not_recompiling": ("compile_for_fine_tuning", '''
-def compile_for_fine_tuning(model, lr=1e-5):
-    if model.compiled:                          # already compiled: just lower the learning rate
-        model.optimizer.learning_rate.assign(lr)
-    else:
-        model.compile(optimizer=Adam(learning_rate=lr), loss="categorical_crossentropy", metrics=["accuracy"])
-    return model
-'''),
-    "high_learning_rate": ("compile_for_fine_tuning", '''
-def compile_for_fine_tuning(model, lr=1e-5):
-    model.compile(optimizer=Adam(), loss="categorical_crossentropy", metrics=["accuracy"])
-    return model
-'''),
-    "freezing_variables_not_layers": ("freeze_all", '''
-def freeze_all(model):
-    for weight in model.weights:
-        weight.trainable = False
-    return model
-'''),
-    "random_weights": ("build_base", '''
-def build_base(input_shape=(96, 96, 3)):
-    return MobileNetV2(weights=None, include_top=False, pooling="avg", input_shape=input_shape)
-'''),
-    "off_by_one": ("unfreeze_last", '''
-def unfreeze_last(base, n):
-    for layer in base.layers[-n - 1:]:
-        if not isinstance(layer, BatchNormalization):
-            layer.trainable = True
-'''),
-    "five_classes_always": ("add_head", '''
-def add_head(base, num_classes):
-    return Model(base.input, Dense(5, activation="softmax")(base.output))
-'''),
-}
-# Mistakes graded together: each submission breaks three different exercises, the rest is the reference,
-# so each one also shows that the exercises it leaves alone keep their full marks.
-MISTAKE_SUBMISSIONS = [
-    ("freezing_nothing", "freezing_the_head_too", "unfreezing_batchnorm"),
-    ("not_recompiling", "freezing_variables_not_layers", "off_by_one"),
-    ("high_learning_rate", "random_weights", "five_classes_always"),
-]
+
+def test_each_table_has_five_wrong_answers_and_three_honest_styles():
+    assert set(TABLE) == set(EXERCISES)
+    for exercise, rows in TABLE.items():
+        honest = [row for row in rows if row[2] == PASS]
+        assert len(honest) >= 3 and len(rows) - len(honest) >= 5, exercise
 
 
-def broken_by(combo) -> set[str]:
-    """The exercises a combination of mistakes breaks. Under FTLAB_WEIGHTS=none the pre-trained weights *are*
-    random, so `random_weights` is then a correct answer (the suite runs with FTLAB_WEIGHTS=course)."""
-    weights_none = os.environ.get("FTLAB_WEIGHTS") == "none"
-    return {MISTAKES[m][0] for m in combo if not (m == "random_weights" and weights_none)}
+ENTRIES = [(exercise, label, expected) for exercise, label, _, expected in table_entries(TABLE)]
 
 
 @pytest.fixture(scope="module")
-def scores(tmp_path_factory):
-    reference = solutions(ASSIGNMENT)
+def visible():
+    return visible_verdicts(ASSIGNMENT, TABLE)
+
+
+@pytest.fixture(scope="module")
+def judged(tmp_path_factory):
+    notebooks, where = table_submissions(ASSIGNMENT, TABLE)
+    return judge_verdicts(ASSIGNMENT, notebooks, tmp_path_factory.mktemp("keras_table")), where
+
+
+def agrees(verdict: dict, expected: str) -> bool:
+    return verdict["passed"] if expected == PASS else (not verdict["passed"] and expected in verdict["message"])
+
+
+@pytest.mark.parametrize("exercise,label,expected", ENTRIES, ids=[f"{e}-{label}" for e, label, _ in ENTRIES])
+def test_the_visible_check_and_the_grader_give_the_stated_verdict(visible, judged, exercise, label, expected):
+    verdicts, where = judged
+    student, check = where[(exercise, label)]
+    seen = visible[(exercise, label)]
+    graded = verdicts[student][check]
+    assert agrees(seen, expected), f"visible check: {seen}"
+    assert agrees(graded, expected), f"grader: {graded}"
+    if expected != PASS:
+        assert graded["message"][:60] in seen["message"], (graded["message"], seen["message"])  # the check's own words
+
+
+def test_validate_gives_the_same_verdicts(tmp_path):
+    """The students' Validate button: one honest answer per exercise passes everything; one wrong answer per
+    exercise fails exactly those exercises' cells, with the check's message."""
+    honest = {e: next(code for _, code, x in rows if x == PASS) for e, rows in TABLE.items()}
+    wrong = {e: next((code, x) for _, code, x in rows if x != PASS) for e, rows in TABLE.items()}
+    failed, out = validate_failures(ASSIGNMENT, honest, tmp_path / "honest")
+    assert not failed and "Success! Your notebook passes all the tests." in out, out[-3000:]
+    failed, out = validate_failures(ASSIGNMENT, {e: code for e, (code, _) in wrong.items()}, tmp_path / "wrong")
+    assert failed == set(EXERCISES), out[-3000:]
+    for _, expected in wrong.values():
+        assert expected in out, expected
+
+
+# ---- one real grading run: full marks, zero, and the seed's practice mistakes ----------------------------
+def row(exercise, label):
+    return next(code for name, code, _ in TABLE[exercise] if name == label)
+
+
+SEED_MISTAKES = [  # the seed's common mistakes, in two submissions (two of them are in the same exercise)
+    {"freeze_all": row("freeze_all", "a comparison, not an assignment (the seed's no freeze)"),
+     "add_head": row("add_head", "the head frozen too (the seed's mistake)"),
+     "unfreeze_last": row("unfreeze_last", "BatchNormalization too (the seed's mistake)"),
+     "compile_for_fine_tuning": row("compile_for_fine_tuning", "no recompile (the seed's mistake)")},
+    {"compile_for_fine_tuning": row("compile_for_fine_tuning", "Adam's default rate (the seed's high rate)"),
+     "build_base": row("build_base", "a hard-coded 'imagenet' (the seed's call)")},
+]
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory):
     student = release_notebook(ASSIGNMENT)
-    submissions = {
-        "reference": with_answers(student, reference),
-        "untouched": student,
-        "other_styles": with_answers(student, {**reference, **ALTERNATIVE_STYLES}),
-    }
-    for combo in MISTAKE_SUBMISSIONS:
-        answers = dict(reference)
-        for mistake in combo:
-            exercise, code = MISTAKES[mistake]
-            answers[exercise] = code
-        submissions["+".join(combo)] = with_answers(student, answers)
-    return grade(ASSIGNMENT, submissions, tmp_path_factory.mktemp("keras_grading"))
+    submissions = {"reference": with_answers(student, solutions(ASSIGNMENT)), "untouched": student}
+    for k, answers in enumerate(SEED_MISTAKES):
+        submissions[f"seed_mistakes_{k}"] = with_answers(student, {**solutions(ASSIGNMENT), **answers})
+    return grade_in_production(ASSIGNMENT, submissions, tmp_path_factory.mktemp("keras_grading"))
 
 
-def test_reference_solution_gets_full_marks(scores):
-    assert scores["reference"] == full_marks_except()
+def test_reference_solution_gets_full_marks(production):
+    assert production[0]["reference"] == full_marks_except()
 
 
-def test_untouched_student_notebook_gets_zero(scores):
-    assert scores["untouched"] == full_marks_except(*EXERCISES)
+def test_untouched_student_notebook_gets_zero(production):
+    assert production[0]["untouched"] == full_marks_except(*EXERCISES)
 
 
-def test_other_correct_styles_and_stderr_noise_lose_nothing(scores):
-    assert scores["other_styles"] == full_marks_except()
-
-
-@pytest.mark.parametrize("combo", MISTAKE_SUBMISSIONS, ids="+".join)
-def test_each_mistake_loses_exactly_its_exercise(scores, combo):
-    assert scores["+".join(combo)] == full_marks_except(*broken_by(combo))
+@pytest.mark.parametrize("k", range(len(SEED_MISTAKES)))
+def test_the_seeds_mistakes_lose_exactly_the_points_of_their_checks(production, k):
+    assert production[0][f"seed_mistakes_{k}"] == full_marks_except(*SEED_MISTAKES[k])

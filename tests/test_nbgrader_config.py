@@ -54,7 +54,7 @@ def test_autograde_gives_full_marks_despite_stderr(course_dir):
 
 @pytest.mark.filterwarnings("ignore:Object of type")  # nbgrader's own SQLAlchemy session warnings, in-process
 def test_protected_autograde_sets_the_test_cells_aside(course_dir):
-    """With the independent checker judging, the kernel runs a placeholder for each test cell (the checker
+    """With the judge deciding, the kernel runs a placeholder for each test cell (the judge
     runs them), and the autograded notebook gets the real test source back. Without it, they run."""
     from autograder.grade_one import _load_api
     from autograder.set_aside import PLACEHOLDER

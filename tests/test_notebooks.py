@@ -18,8 +18,42 @@ def test_every_notebook_is_clean():
 def test_clean_strips_outputs_counts_and_fixes_the_kernel():
     nb = {"cells": [{"cell_type": "code", "source": "1", "outputs": [{"output_type": "stream"}], "execution_count": 3,
                      "metadata": {}}], "metadata": {"kernelspec": {"name": "python-other"}}}
-    assert len(notebooks.problems(nb)) == 2
+    assert len(notebooks.problems(nb)) == 3  # outputs, kernel, language_info
     assert notebooks.problems(notebooks.clean(nb)) == []
+
+
+def test_every_notebook_has_the_metadata_jupyterlab_writes():
+    """JupyterLab stores the kernel's `kernelspec` and `language_info` in a notebook it opens and marks the
+    notebook modified when they differ (key by key, Python version included): the committed notebooks carry
+    exactly what it writes for the course's Python, so they open unmodified (tests/test_browser.py checks
+    that in a real JupyterLab)."""
+    for path in notebooks.tracked_notebooks():
+        if path.exists():
+            metadata = json.loads(path.read_text())["metadata"]
+            assert metadata["kernelspec"] == notebooks.KERNELSPEC, path
+            assert metadata["language_info"] == notebooks.LANGUAGE_INFO, path
+
+
+def test_language_info_is_what_ipykernel_reports():
+    """The reference metadata is ipykernel's own `language_info`, but for the Python version (the course's
+    reference Python, which may differ from the Python running this test)."""
+    from ipykernel.ipkernel import IPythonKernel
+
+    reported = dict(IPythonKernel.language_info)
+    assert notebooks.LANGUAGE_INFO == {**reported, "version": notebooks.PYTHON_VERSION}
+    assert notebooks.PYTHON_VERSION.startswith("3.11.")
+
+
+def test_clean_sets_the_metadata_and_leaves_the_cells_alone():
+    cell = {"cell_type": "markdown", "id": "a", "source": "# Title", "metadata": {"nbgrader": {"grade": False}}}
+    metadata = {"kernelspec": dict(notebooks.KERNELSPEC), "language_info": {"name": "python"}}
+    nb = {"cells": [dict(cell)], "metadata": metadata, "nbformat": 4, "nbformat_minor": 5}
+    assert notebooks.problems(nb) == ["language_info is not what JupyterLab writes (run `make clean-notebooks`)"]
+    cleaned = notebooks.clean(nb)
+    assert cleaned["metadata"]["language_info"] == notebooks.LANGUAGE_INFO
+    assert cleaned["cells"] == [cell]
+    cleaned["metadata"]["language_info"]["codemirror_mode"]["version"] = 2  # a copy, not the constant
+    assert notebooks.LANGUAGE_INFO["codemirror_mode"]["version"] == 3
 
 
 def without_ids(nb):
@@ -49,7 +83,7 @@ def test_release_is_generated_from_source(assignment, tmp_path):
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_test_cells_are_self_contained(assignment):
-    """Protected grading runs the test cells in the checker only (autograder/set_aside.py): no other cell
+    """Protected grading runs the test cells in the judge only (autograder/set_aside.py): no other cell
     may depend on a name that only a test cell defines."""
     from autograder.set_aside import test_cell_dependencies
 

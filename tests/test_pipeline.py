@@ -2,15 +2,20 @@
 
 One real run of ``python -m autograder grade`` over every fixture submission (--jobs 2), then a second
 run over a subset (as a .zip) to prove re-grading gives identical rows. The fixture assignment ``mini``
-and the submissions are made by tests/fixtures/make_fixtures.py; expected.json holds each outcome.
+and the submissions are made by tests/fixtures/make_fixtures.py; expected.json holds each outcome. Issue 12:
+the cases git cannot hold (links, a FIFO, an oversized notebook) are made at run time in the batch's copy;
+the zip cases (archives/hostile.zip) ride along in the second run; CSV cells and output caps are checked
+on the same runs, plus a few fast unit tests.
 """
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -19,10 +24,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_python
+from autograder.reports import FORMULA_START, NUMBER, neutralise, write_reports
+from autograder.submissions import feedback_name, printable
 
 FIXTURES = REPO / "tests" / "fixtures"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
+EXPECTED_ARCHIVE = json.loads((FIXTURES / "expected_archive.json").read_text())
+_spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
+make_fixtures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_fixtures)
 LOOPBACK_PORT = 47613  # the loopback_socket fixture tries to connect here
 CELL_TIMEOUT = "8"
 
@@ -33,12 +44,34 @@ def run_cli(*args, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def read_rows(out: Path) -> dict[str, dict]:
-    with open(out / "grades.csv", newline="") as f:
-        return {row["student_id"]: row for row in csv.DictReader(f)}
+    """grades.csv by student id, keyed by the folder name (as the fixtures name it) where the CSV shows it
+    neutralised."""
+    with open(out / "grades.csv", newline="", encoding="utf-8") as f:
+        rows = {row["student_id"]: row for row in csv.DictReader(f)}
+    names = {csv_id(name): name for name in [*EXPECTED, *EXPECTED_ARCHIVE]}
+    return {names.get(sid, sid): row for sid, row in rows.items()}
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+def csv_id(folder_name: str) -> str:
+    """How grades.csv writes a student folder's name (neutralised, printed safely)."""
+    return neutralise(printable(folder_name, limit=1000))
+
+
+def snapshot(folder: Path) -> dict[str, object]:
+    """Every entry below ``folder``, never followed: a file's bytes, a link's target, a FIFO's kind."""
+    found = {}
+    for top, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = Path(top) / name
+            mode = path.lstat().st_mode
+            key = str(path.relative_to(folder))
+            if stat.S_ISLNK(mode):
+                found[key] = ("link", os.readlink(path))
+            elif stat.S_ISREG(mode):
+                found[key] = path.read_bytes()
+            elif not stat.S_ISDIR(mode):
+                found[key] = ("special", stat.S_IFMT(mode))
+    return found
 
 
 class Listener(threading.Thread):
@@ -77,6 +110,7 @@ def batch(course, tmp_path_factory):
     work = tmp_path_factory.mktemp("batch")
     submissions = work / "submissions"
     shutil.copytree(FIXTURES / "submissions", submissions)
+    make_fixtures.make_runtime_fixtures(submissions, course)
     before = snapshot(submissions)
     listener = Listener()
     listener.start()
@@ -95,10 +129,10 @@ def test_batch_completes_with_a_row_per_student(batch):
     rows = read_rows(batch["out"])
     assert sorted(rows) == sorted(EXPECTED)
     assert "ETA" in batch["done"].stderr  # progress with an estimate of the time left
-    from autograder import checker_server
+    from autograder import server
     info = json.loads((batch["out"] / "run.json").read_text())
-    assert info["checker_processes"] == ("forked by the checker server" if checker_server.supported()
-                                         else "a fresh interpreter per check"), info
+    assert info["verdicts"] == "judge", info
+    assert info["judge_processes"] == ("forked by the fork server" if server.supported() else "fresh interpreters"), info
 
 
 @pytest.mark.parametrize("student", sorted(EXPECTED))
@@ -111,12 +145,47 @@ def test_each_fixture_gets_its_expected_outcome(batch, student):
         assert row["score"] == ""
     else:
         assert float(row["score"]) == score, row
-    assert reason_word.lower() in row["reason"].lower(), row
-    assert (batch["out"] / "feedback" / f"{student}.html").stat().st_size > 0
+    if reason_word:
+        assert reason_word in row["reason"], row
+    else:
+        assert row["reason"] == "", row
+    page = batch["out"] / "feedback" / feedback_name(printable(student, limit=1000))
+    assert 0 < page.stat().st_size < 3 * 2**20, page  # output capped in bytes: a page stays a few MB
 
 
 def test_submitted_files_are_byte_identical(batch):
     assert snapshot(batch["submissions"]) == batch["before"]
+
+
+def test_a_link_to_the_instructors_notebook_shows_no_solution(batch):
+    """The submission that links to source/mini/mini.ipynb: failed, and its page holds none of the source."""
+    page = (batch["out"] / "feedback" / "symlink_to_source.html").read_text()
+    source = (FIXTURES / "course" / "source" / "mini" / "mini.ipynb").read_text()
+    assert "BEGIN SOLUTION" in source and "BEGIN SOLUTION" not in page and "HIDDEN TESTS" not in page
+    assert "symbolic link" in page
+
+
+def test_a_200_mb_print_is_cut_in_the_feedback(batch):
+    page = (batch["out"] / "feedback" / "output_flood_bytes.html").read_text()
+    assert "output cut" in page and "x" * 2000 not in page
+    assert (batch["out"] / "feedback" / "output_flood_bytes.html").stat().st_size < 2**20
+
+
+def test_no_csv_cell_is_a_formula(batch):
+    """OWASP: no cell of grades.csv or checks.csv starts with = + - @ tab or CR, unless it is a number; the
+    fixtures put a formula in a student id, a reason and a check's message."""
+    for name in ("grades.csv", "checks.csv"):
+        with open(batch["out"] / name, newline="", encoding="utf-8") as f:
+            cells = [cell for row in csv.reader(f) for cell in row]
+        assert cells
+        bad = [c for c in cells if c.startswith(FORMULA_START) and not NUMBER.fullmatch(c)]
+        assert bad == [], (name, bad)
+    with open(batch["out"] / "checks.csv", newline="", encoding="utf-8") as f:
+        message = next(c["message"] for c in csv.DictReader(f)
+                       if c["student_id"] == "formula_message" and c["check"] == "correct_q2")
+    assert message.startswith('\'=HYPERLINK("http://x","y") is not one of A, B, C, D'), message
+    with open(batch["out"] / "grades.csv", newline="", encoding="utf-8") as f:
+        assert "'=HYPERLINK(A1,B1)" in [row["student_id"] for row in csv.DictReader(f)]  # the id, neutralised
 
 
 def test_per_check_csv_matches_the_grades(batch):
@@ -137,8 +206,14 @@ def test_per_check_csv_matches_the_grades(batch):
 def test_run_summary_states_the_protections(batch):
     info = json.loads((batch["out"] / "run.json").read_text())
     assert set(info["protections"]) >= {"separate_user", "hidden_files", "no_network", "limits"}
-    for name, state in info["protections"].items():
-        assert f"{name}" in batch["done"].stderr.split("sandbox:")[1].split("\n")[0]
+    banner = batch["done"].stderr.split("sandbox: on: ")[1].split("\n")[0]
+    on, _, off = banner.partition("; OFF: ")
+    on = on.split("; verdicts")[0]
+    for name, state in info["protections"].items():  # each one on the side run.json says it is on
+        assert (name in on.split(", ")) == state["active"], (name, state, banner)
+        assert (name in off) == (not state["active"]), (name, state, banner)
+    if os.geteuid() == 0:
+        assert all(state["active"] for state in info["protections"].values()), info["protections"]
     assert info["graded"] + info["failed"] == len(EXPECTED)
 
 
@@ -161,21 +236,43 @@ def test_nothing_reached_the_hosts_loopback(batch):
     assert batch["listener"] == []
 
 
-def test_regrading_gives_identical_rows_and_accepts_a_zip(batch, course):
-    """Second run, over a zip of a subset in nbgrader's submitted/<student>/<assignment>/ layout."""
+@pytest.fixture(scope="module")
+def again(batch, course):
+    """Second run, over a zip of a subset in nbgrader's submitted/<student>/<assignment>/ layout, with the
+    members of archives/hostile.zip (links, absolute and '..' paths, a zip bomb) appended."""
     subset = ["reference", "duplicated_test", "edited_metadata", "os_exit", "wrong_name", "invalid_json", "blank"]
     archive = batch["work"] / "again.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
+    with zipfile.ZipFile(archive, "w") as zf, zipfile.ZipFile(make_fixtures.ARCHIVE) as hostile:
         for student in subset:
             for path in (batch["submissions"] / student).iterdir():
                 zf.write(path, f"collected/submitted/{student}/mini/{path.name}")
+        for info in hostile.infolist():
+            with hostile.open(info) as member:
+                zf.writestr(info, member.read())
+    before = archive.read_bytes()
     done = run_cli("grade", "mini", str(archive), "--out", str(batch["work"] / "again"), "--jobs", "2",
                    "--course", str(course), "--cell-timeout", CELL_TIMEOUT, "--memory", "2G", cwd=batch["work"])
+    return {"done": done, "subset": subset, "out": batch["work"] / "again", "unchanged": archive.read_bytes() == before}
+
+
+def test_regrading_gives_identical_rows_and_accepts_a_zip(batch, again):
+    done, subset = again["done"], again["subset"]
     assert done.returncode == 0, done.stderr[-3000:]
-    first, second = read_rows(batch["out"]), read_rows(batch["work"] / "again")
+    first, second = read_rows(batch["out"]), read_rows(again["out"])
     grades = ("student_id", "score", "max_score", "status")
-    assert {s: [second[s][k] for k in grades] for s in second} == {s: [first[s][k] for k in grades] for s in subset}
+    assert {s: [second[s][k] for k in grades] for s in subset} == {s: [first[s][k] for k in grades] for s in subset}
     assert second["invalid_json"] == first["invalid_json"] and second["wrong_name"] == first["wrong_name"]
+
+
+@pytest.mark.parametrize("student", sorted(EXPECTED_ARCHIVE))
+def test_hostile_zip_members_fail_their_student_only(again, student):
+    assert again["done"].returncode == 0, again["done"].stderr[-3000:]
+    rows = read_rows(again["out"])
+    assert sorted(rows) == sorted(again["subset"] + list(EXPECTED_ARCHIVE))
+    status, score, reason = EXPECTED_ARCHIVE[student]
+    assert (rows[student]["status"], rows[student]["score"]) == (status, "" if score is None else f"{score:g}")
+    assert reason in rows[student]["reason"], rows[student]
+    assert again["unchanged"]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -197,19 +294,120 @@ def test_instructor_errors_exit_nonzero_with_one_line(course, tmp_path, args, me
     assert not (tmp_path / "out" / "grades.csv").exists()
 
 
-def test_without_the_checker_server_grading_goes_on(course, tmp_path, monkeypatch):
-    """A checker server that cannot start costs time, not grades: each check starts its own interpreter."""
-    from autograder import checker_server, pipeline
+def test_without_the_fork_server_grading_goes_on(course, tmp_path, monkeypatch):
+    """A fork server that cannot start costs time, not grades: judges and runners start as fresh interpreters."""
+    from autograder import pipeline, server
 
     def refuse(cls, *args, **kwargs):
-        raise RuntimeError("the checker server did not start: refused by this test")
+        raise RuntimeError("the fork server did not start: refused by this test")
 
-    monkeypatch.setattr(checker_server.CheckerServer, "start", classmethod(refuse))
+    monkeypatch.setattr(server.ForkServer, "start", classmethod(refuse))
     submissions = tmp_path / "submissions"
     shutil.copytree(FIXTURES / "submissions" / "reference", submissions / "reference")
     code = pipeline.grade(pipeline.Options(assignment="mini", submissions=submissions, out=tmp_path / "out", jobs=1,
                                            course=course))
     info = json.loads((tmp_path / "out" / "run.json").read_text())
-    assert code == 0 and info["verdicts"] == "checker", info
-    assert info["checker_processes"] == "a fresh interpreter per check", info
+    assert code == 0 and info["verdicts"] == "judge", info
+    assert info["judge_processes"] == "fresh interpreters", info
     assert read_rows(tmp_path / "out")["reference"]["score"] == "5"
+
+
+def test_the_cell_limit_is_the_courses_execute_timeout(tmp_path):
+    """Without --cell-timeout, every cell and every call of a student function gets the course's
+    c.Execute.timeout (nbgrader_config.py), not a number of the grader's own."""
+    from autograder.pipeline import Options, course_cell_timeout
+
+    (tmp_path / "nbgrader_config.py").write_text("c = get_config()\nc.Execute.timeout = 7\n")
+    assert course_cell_timeout(Options(assignment="x", submissions=tmp_path, out=tmp_path, course=tmp_path)) == 7
+    assert course_cell_timeout(Options(assignment="x", submissions=tmp_path, out=tmp_path, course=REPO)) == 180
+
+
+# ----------------------------------------------------------------------------- CSV cells (issue 12, fast)
+@pytest.mark.parametrize("cell,written", [
+    ("=HYPERLINK(\"http://x\",\"y\")", "'=HYPERLINK(\"http://x\",\"y\")"), ("+1+2", "'+1+2"), ("-2+3", "'-2+3"),
+    ("@SUM(A1)", "'@SUM(A1)"), ("\tx", "'\tx"), ("\rx", "'\rx"), ("\uff1d1+1", "'\uff1d1+1"), ("-", "'-"),
+    ("-1", "-1"), ("-2.5", "-2.5"), ("-1e-05", "-1e-05"), ("5", "5"), ("", ""), ("a=b", "a=b"),
+    ("graded: fine", "graded: fine"), (None, ""), (True, "True")])
+def test_neutralise_follows_owasp(cell, written):
+    assert neutralise(cell) == written
+
+
+def test_reports_write_neutralised_cells_and_safe_feedback_names(tmp_path):
+    from types import SimpleNamespace
+
+    bad_id = printable('=HYPERLINK("x","y")\n', limit=1000)
+    rows = [SimpleNamespace(student_id="alice", status="graded", score=-1.0, reason="@evil", feedback=None,
+                            checks=[{"notebook": "mini.ipynb", "check": "=c", "score": -1.0, "max_score": 2,
+                                     "passed": False, "judged_by": "judge", "message": "=1+1\nmore"}]),
+            SimpleNamespace(student_id=bad_id, status="failed", score=None, reason="-x \udcff", feedback=None,
+                            checks=[])]
+    write_reports(tmp_path, "mini", rows, 5)
+    with open(tmp_path / "grades.csv", newline="", encoding="utf-8") as f:
+        grades = list(csv.reader(f))
+    assert grades == [["student_id", "assignment", "score", "max_score", "status", "reason"],
+                      ["alice", "mini", "-1", "5", "graded", "'@evil"],
+                      ["'=HYPERLINK(\"x\",\"y\")\\n", "mini", "", "5", "failed", "'-x \\udcff"]]
+    with open(tmp_path / "checks.csv", newline="", encoding="utf-8") as f:
+        checks = list(csv.reader(f))
+    assert checks[1] == ["alice", "mini", "mini.ipynb", "'=c", "-1", "2", "False", "judge", "'=1+1\nmore"]
+    pages = sorted(p.name for p in (tmp_path / "feedback").iterdir())
+    assert pages[0] == "alice.html" and pages[1].startswith("invalid-id-") and len(pages) == 2
+
+
+# ----------------------------------------------------------------------------- output caps (issue 12, fast)
+def test_cap_outputs_cuts_text_images_and_keeps_errors_and_verdicts():
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from autograder.grade_one import output_cap_classes
+
+    _, CapOutputs = output_cap_classes()
+    answer = new_code_cell("print(...)", outputs=[new_output("stream", name="stdout", text="x" * 3000)])
+    image = new_code_cell("plot", outputs=[new_output("display_data", data={"image/png": "A" * 5000,
+                                                                            "text/plain": "<Figure>"})])
+    error = new_code_cell("raise", outputs=[new_output("error", ename="ValueError", evalue="=" + "y" * 9000,
+                                                       traceback=["line"] * 10)])
+    test = new_code_cell("assert ...", outputs=[new_output("stream", name="stdout", text="Grader: passed\n")],
+                         metadata={"nbgrader": {"grade": True, "grade_id": "t"}})
+    nb = new_notebook(cells=[answer, image, error, test])
+    cap = CapOutputs()
+    cap.cell_bytes, cap.notebook_bytes = 2000, 4200
+    nb, _ = cap.preprocess(nb, {})
+    texts = [[o.get("text") or o.get("data") or o.get("evalue") for o in c.outputs] for c in nb.cells]
+    assert texts[3] == ["Grader: passed\n"]  # graded test cells are served first
+    assert texts[0][0] == "x" * 2000 and "output cut: 1000 bytes" in texts[0][1]
+    assert texts[1][0] == {"text/plain": "<Figure>"} and "output cut: 5000 bytes" in texts[1][1]
+    assert nb.cells[2].outputs[0].output_type == "error" and len(nb.cells[2].outputs[0].evalue) <= 1000
+    assert "output cut" in nb.cells[2].outputs[-1].text
+    nbformat.validate(nb)
+
+
+CAPPED_RUN = r"""
+import resource, sys
+from nbformat.v4 import new_code_cell, new_notebook
+from autograder.grade_one import output_cap_classes
+CappedExecute, _ = output_cap_classes()
+nb = new_notebook(cells=[new_code_cell("print('x' * 200_000_000)"), new_code_cell("print('after')"),
+                         new_code_cell("for i in range(5000):\n    print('y' * 1000)")])
+nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+CappedExecute(timeout=120, kernel_name="python3", iopub_timeout=1).preprocess(nb, {"metadata": {"path": "."}})
+outputs = [[(o.output_type, (o.get("text") or "")[-300:]) for o in c.outputs] for c in nb.cells]
+sizes = [sum(len(o.get("text") or "") for o in c.outputs) for c in nb.cells]
+print("RESULT", {"outputs": outputs, "sizes": sizes,
+                 "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024})
+"""
+
+
+def test_a_200_mb_line_never_enters_the_grading_process(tmp_path):
+    """The kernel prints 200 MB in one line: the grading side (nbgrader's Execute, capped) drops the message
+    unread, says so, goes on with the next cells, and cuts a flood of small lines at the cell's cap."""
+    done = run_python(CAPPED_RUN, timeout=300, cwd=tmp_path)
+    lines = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
+    assert lines, done.stderr[-3000:]
+    import ast
+    result = ast.literal_eval(lines[-1][len("RESULT "):])
+    first, after, flood = result["outputs"]
+    assert len(first) == 1 and "dropped unread" in first[0][1], first
+    assert after == [("stream", "after\n")]
+    assert "output cut" in flood[-1][1] and result["sizes"][2] < 2**20 + 1000, result["sizes"]
+    assert result["peak_mib"] < 300, result  # it was 682 MiB in the pipeline's grading process before

@@ -1,8 +1,8 @@
 """autograder.sandbox on its own: what code confined by it can and cannot reach (issue 7).
 
-Every check runs both ways in: ``wrap`` (a command line, exec'd: the student's kernel, a checker child
-without a server) and ``fork_confined`` after ``enter_namespaces`` (a forked Python function: the checker
-server's children)."""
+Every check runs both ways in: ``wrap`` (a command line, exec'd: the student's kernel, a runner
+without a server) and ``fork_confined`` after ``enter_namespaces`` (a forked Python function: the fork
+server's runners)."""
 from __future__ import annotations
 
 import os
@@ -34,7 +34,7 @@ def sandboxed(code: str, workdir: Path, way: str, **kw) -> subprocess.CompletedP
 
 
 def forked(code: str, workdir: Path, **kw) -> subprocess.CompletedProcess:
-    """``code`` run as the checker server runs a check: a supervisor process enters the namespaces and
+    """``code`` run as the fork server runs a runner: a supervisor process enters the namespaces and
     ``fork_confined`` runs the code in its child. Exit status as subprocess reports it."""
     spec = sandbox.make_spec(workdir=workdir, **kw)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -139,6 +139,7 @@ def test_cannot_write_to_a_hidden_folder(way, tmp_path, secret_folder):
         except OSError as e:
             print("blocked", e)
     """, tmp_path / "work", way, hide=(secret_folder,))
+    assert done.returncode == 0 and "blocked" in done.stdout, done.stdout + done.stderr  # it ran, and was stopped
     assert "WROTE" not in done.stdout
     assert (secret_folder / "answers.txt").read_text() == "42"
 
@@ -159,7 +160,7 @@ def test_no_network_not_even_loopback(way, tmp_path):
             print("blocked", e)
     """, tmp_path, way)
     server.close()
-    assert "blocked" in done.stdout and "CONNECTED" not in done.stdout
+    assert done.returncode == 0 and "blocked" in done.stdout and "CONNECTED" not in done.stdout, done.stderr
 
 
 def test_unbounded_allocation_hits_the_memory_limit(way, tmp_path):
@@ -193,7 +194,7 @@ def test_process_count_is_bounded(way, tmp_path):
 
 
 def test_no_file_descriptor_beyond_the_standard_three(way, tmp_path):
-    """A forked child inherits every descriptor its parent holds (the checker server's, the view's
+    """A forked child inherits every descriptor its parent holds (the fork server's, the view's
     bind-mount handles): only 0-2 may reach the confined code, as with exec and close_fds."""
     done = sandboxed("""
         import os

@@ -1,456 +1,404 @@
-"""Behavioural checks for the Keras lesson's graded exercises.
+"""Checks for the Keras lesson's exercises: each calls your function on real Keras models and judges what it does.
 
-Each ``check_*`` function builds real Keras models, runs the student's function on them, trains one
-step where behaviour matters, and raises AssertionError with a message that names the mistake.
-Expected numbers (layer counts, trainable parameter counts) are computed from a reference model the
-check builds itself, never hard-coded.
+Each ``check_*`` function tests exactly the contract its exercise states (in the lesson and in the answer
+cell's docstring). It calls your function the way the grader does (``course.checks.wire.call``: on a copy
+of the model rebuilt from plain data, so the verdict here is the verdict at grading time), judges the
+models it gets back by what they do (a real training step, a real prediction) and raises AssertionError
+with a message that names the mistake. Expected numbers come from reference models the check builds.
 
-Where the weights do not matter (which layers are frozen, what one training step changes) the checks
-build MobileNetV2 with ``weights=None`` on 32x32 inputs: same layers and parameter counts as the
-lesson's 96x96 model, built and stepped in about a second. Only ``check_build_base_weights`` loads the
-pre-trained weights chosen by the course setting, to compare them with what the student built.
-
-Tamper resistance: every builtin and Keras/TensorFlow reference used to judge is captured here at
-import time, as a private module-level name. The lesson imports this module in its first code cell,
-before any answer cell runs, so redefining ``len`` or patching ``keras.layers.Layer.trainable``
-in the notebook afterwards changes nothing here. Weights are compared as NumPy copies, bit for bit.
+Where the weights and the architecture do not matter (which layers train, what one step changes) the
+checks use a small stand-in base built like MobileNetV2 (convolutions, BatchNormalization, ReLU6, a
+residual connection, average pooling), with random weights on 32x32 images: quick to build and step, and
+any function that fulfils the contract works on it as on MobileNetV2. ``check_build_base`` compares your
+base with MobileNetV2 and the course's weights.
 """
 from __future__ import annotations
 
-import builtins
-import functools
+import contextlib
 import math
+import os
 import warnings
 
 import numpy
 import tensorflow as tf
 from tensorflow import keras
 
-# ---- references captured at import ----------------------------------------------------------------
-_len, _isinstance, _id, _type, _callable = builtins.len, builtins.isinstance, builtins.id, builtins.type, builtins.callable
-_int, _float, _list, _set, _range, _repr = builtins.int, builtins.float, builtins.list, builtins.set, builtins.range, builtins.repr
-_sum, _any, _all, _zip, _enumerate, _tuple = builtins.sum, builtins.any, builtins.all, builtins.zip, builtins.enumerate, builtins.tuple
-_abs, _str, _getattr, _hasattr = builtins.abs, builtins.str, builtins.getattr, builtins.hasattr
-_isclose = math.isclose
-_Layer, _Model, _Input = keras.layers.Layer, keras.Model, keras.Input
-_Dense, _BatchNormalization, _Conv2D = keras.layers.Dense, keras.layers.BatchNormalization, keras.layers.Conv2D
-_GlobalAveragePooling2D = keras.layers.GlobalAveragePooling2D
-_Adam, _SGD, _MobileNetV2 = keras.optimizers.Adam, keras.optimizers.SGD, keras.applications.MobileNetV2
-_trainable_get = _Layer.trainable.fget
-_trainable_set = _Layer.trainable.fset
-_weights_get = _Layer.weights.fget
-_trainable_weights_get = _Layer.trainable_weights.fget
-_non_trainable_weights_get = _Layer.non_trainable_weights.fget
-_flatten_layers = _Layer._flatten_layers
-_model_layers_get = _Model.layers.fget
-_model_call, _model_compile, _train_on_batch = _Model.__call__, _Model.compile, _Model.train_on_batch
-_model_evaluate = _Model.evaluate
-_to_numpy = keras.ops.convert_to_numpy
-_np_array, _np_array_equal, _np_prod, _np_eye = numpy.array, numpy.array_equal, numpy.prod, numpy.eye
-_np_allclose, _np_log, _np_clip, _np_sum, _np_all = numpy.allclose, numpy.log, numpy.clip, numpy.sum, numpy.all
-_RandomState = numpy.random.RandomState
-_run_functions_eagerly, _functions_run_eagerly = tf.config.run_functions_eagerly, tf.config.functions_run_eagerly
-_catch_warnings, _simplefilter, _wraps = warnings.catch_warnings, warnings.simplefilter, functools.wraps
+from course.checks.wire import StudentCodeError, call
 
 CHECK_SHAPE = (32, 32, 3)   # small inputs for checks where the weights and image size do not matter
 LESSON_SHAPE = (96, 96, 3)  # the lesson's image size
 
 
-def _quiet(check):
-    """Keras warnings raised while a check runs (e.g. "no trainable weights" when it steps a model that
-    is meant to be frozen) stay off stderr, where `nbgrader validate` would count them as a failure."""
-    @_wraps(check)
-    def run(*args, **kwargs):
-        with _catch_warnings():
-            _simplefilter("ignore")
-            return check(*args, **kwargs)
-    return run
+@contextlib.contextmanager
+def quiet():
+    """Keras warnings raised while a check runs (e.g. "no trainable weights" when it steps a frozen model)
+    stay off stderr, where `nbgrader validate` would count them as a failure."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
-# ---- small helpers ----------------------------------------------------------------------------------
-def _reference_base(input_shape=CHECK_SHAPE, calibrate=False):
-    """MobileNetV2 exactly as the lesson builds it, random weights (for structure, counts and one step).
-
-    With random weights and the initial BatchNorm statistics (mean 0, variance 1) the activations fade
-    to almost nothing by the last block, so a training step would barely reach the last layers.
-    ``calibrate`` sets every BatchNorm's moving statistics to those of one random batch (momentum 0 for
-    one forward pass), which gives a healthy network whose every layer gets a gradient.
-    """
-    base = _MobileNetV2(weights=None, include_top=False, pooling="avg", input_shape=input_shape)
+# ---- models and data the checks build ---------------------------------------------------------------
+def stand_in_base(calibrate=False):
+    """A small base built like MobileNetV2 (ends in BatchNormalization layers, then average pooling). With
+    ``calibrate`` every BatchNormalization's moving statistics are those of one random batch, so that every
+    layer gets a real gradient."""
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    inputs = keras.Input(CHECK_SHAPE, name="stand_in_input")
+    x = layers.ReLU(6.0, name="conv1_relu")(layers.BatchNormalization(name="conv1_bn")(
+        layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="conv1")(inputs)))
+    y = layers.ReLU(6.0, name="block1_depthwise_relu")(layers.BatchNormalization(name="block1_depthwise_bn")(
+        layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="block1_depthwise")(x)))
+    y = layers.BatchNormalization(name="block1_project_bn")(layers.Conv2D(8, 1, use_bias=False, name="block1_project")(y))
+    x = layers.Add(name="block1_add")([x, y])
+    x = layers.ReLU(6.0, name="last_relu")(layers.BatchNormalization(name="last_bn")(
+        layers.Conv2D(16, 1, use_bias=False, name="last_conv")(x)))
+    base = keras.Model(inputs, layers.GlobalAveragePooling2D(name="pool")(x), name="stand_in_base")
     if calibrate:
-        bns = _bn_layers(base)
-        momenta = [bn.momentum for bn in bns]
-        for bn in bns:
+        norms = batch_norms(base)
+        momenta = [bn.momentum for bn in norms]
+        for bn in norms:
             bn.momentum = 0.0
-        _model_call(base, _batch(input_shape, 1, n=8, seed=99)[0], training=True)
-        for bn, momentum in _zip(bns, momenta):
+        base(batch(CHECK_SHAPE, 1, n=8, seed=99)[0], training=True)
+        for bn, momentum in zip(norms, momenta):
             bn.momentum = momentum
     return base
 
 
-def _params(variables):
-    return _int(_sum(_int(_np_prod(v.shape)) for v in variables))
-
-
-def _snapshot(variables):
-    return [(v, _np_array(_to_numpy(v), copy=True)) for v in variables]
-
-
-def _unchanged(snapshot):
-    return [v for v, before in snapshot if _np_array_equal(_to_numpy(v), before)]
-
-
-def _changed(snapshot):
-    return [v for v, before in snapshot if not _np_array_equal(_to_numpy(v), before)]
-
-
-def _owner(layer, variable):
-    """The sub-layer (of ``layer``, flattened) that owns ``variable``."""
-    for sub in _flatten_layers(layer, include_self=True, recursive=True):
-        if _any(w is variable for w in _weights_get(sub)):
-            if _type(sub).__name__ not in ("Functional", "Model", "Sequential"):
-                return sub
-    return None
-
-
-def _names(variables, limit=4):
-    shown = [_getattr(v, "path", _getattr(v, "name", "?")) for v in _list(variables)[:limit]]
-    more = _len(variables) - _len(shown)
-    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
-
-
-def _batch(input_shape, num_classes, n=4, seed=0):
-    rng = _RandomState(seed)
-    X = rng.uniform(-1, 1, size=(n, *input_shape)).astype("float32")
-    y = _np_eye(num_classes, dtype="float32")[rng.randint(0, num_classes, size=n)]
-    return X, y
-
-
-def _one_step(model, X, y, lr=0.5):
-    """One SGD step with the check's own optimizer (eager: no graph to trace for a single step)."""
-    _model_compile(model, optimizer=_SGD(learning_rate=lr), loss="categorical_crossentropy", run_eagerly=True)
-    _train_on_batch(model, X, y)
-
-
-def _head_on(base, num_classes=5):
-    """The seed's head: a softmax Dense on the base's pooled output, from the base's own input."""
-    head = _Dense(num_classes, activation="softmax", name="check_head")
-    return _Model(base.inputs[0], head(base.outputs[0])), head
-
-
-def _is_batchnorm(layer):
-    return _isinstance(layer, _BatchNormalization)
-
-
-def _bn_layers(model):
-    return [l for l in _flatten_layers(model, include_self=False, recursive=True) if _is_batchnorm(l)]
-
-
-def _moving_statistics(model):
-    return [v for bn in _bn_layers(model) for v in (bn.moving_mean, bn.moving_variance)]
-
-
-def _is_model(obj):
-    return _isinstance(obj, _Model)
-
-
-def _learning_rate(optimizer):
-    return _float(_to_numpy(optimizer.learning_rate))
-
-
-# ---- build_base ---------------------------------------------------------------------------------
-@_quiet
-def check_build_base(build_base):
-    """Visible: a pooled MobileNetV2 without its top, at the requested image size."""
-    assert _callable(build_base), "build_base is not a function"
-    base = build_base()
-    assert _is_model(base), f"build_base() should return a keras Model, it returned {_type(base).__name__}"
-    assert _tuple(base.inputs[0].shape) == (None, *LESSON_SHAPE), \
-        f"build_base() takes {base.inputs[0].shape} images; the lesson uses input_shape={LESSON_SHAPE}"
-    out = _tuple(base.outputs[0].shape)
-    assert _len(out) == 2, (f"build_base() outputs {out}, a feature map: pass pooling='avg' so each image "
-                            "becomes one feature vector")
-    assert not _any(l.name == "predictions" for l in _model_layers_get(base)), \
-        "build_base() kept the ImageNet classifier: pass include_top=False"
-    ref = _reference_base(LESSON_SHAPE)
-    assert out == _tuple(ref.outputs[0].shape), f"build_base() outputs {out}, MobileNetV2 gives {ref.outputs[0].shape}"
-    assert _len(_model_layers_get(base)) == _len(_model_layers_get(ref)), \
-        f"build_base() has {_len(_model_layers_get(base))} layers, MobileNetV2 without top has {_len(_model_layers_get(ref))}"
+def frozen_base(calibrate=False):
+    base = stand_in_base(calibrate=calibrate)
+    base.trainable = False
     return base
 
 
-@_quiet
-def check_build_base_weights(build_base):
-    """Hidden: the pre-trained weights chosen by the course setting, all layers trainable, input_shape honoured."""
-    from course import keras_tools, weights
-
-    base = build_base()
-    assert _len(_trainable_weights_get(base)) == _len(_weights_get(base)) - _len(_moving_statistics(base)), \
-        "build_base() should return the base with every layer trainable (freezing is the next exercise)"
-    choice = weights.choose("keras")
-    if choice.kind != "none":
-        expected = keras_tools.mobilenet_v2_base(LESSON_SHAPE, verbose=False)
-        mine, ref = _weights_get(base), _weights_get(expected)
-        assert _len(mine) == _len(ref), f"build_base() has {_len(mine)} weight tensors, MobileNetV2 has {_len(ref)}"
-        same = _sum(1 for a, b in _zip(mine, ref) if _np_array_equal(_to_numpy(a), _to_numpy(b)))
-        assert same == _len(ref), (f"build_base() did not load the pre-trained weights ({choice.kind}): only {same} of "
-                                   f"{_len(ref)} weight tensors match. Pass weights=mobilenet_v2_weights(), "
-                                   "not weights=None (that is training from scratch)")
-    other = (64, 64, 3)
-    small = build_base(input_shape=other)
-    assert _tuple(small.inputs[0].shape) == (None, *other), \
-        f"build_base(input_shape={other}) ignored its argument: the model takes {small.inputs[0].shape}"
-
-
-# ---- freeze_all ---------------------------------------------------------------------------------
-@_quiet
-def check_freeze_all(freeze_all):
-    """Visible: returns the model it was given, with no trainable weights left."""
-    assert _callable(freeze_all), "freeze_all is not a function"
-    base = _reference_base()
-    total = _len(_weights_get(base))
-    returned = freeze_all(base)
-    assert returned is base, ("freeze_all(model) should return the model it was given (the same object), "
-                              f"it returned {_type(returned).__name__}")
-    left = _trainable_weights_get(base)
-    assert _len(left) == 0, (f"after freeze_all the model still has {_len(left)} trainable weight tensors "
-                             f"({_params(left):,} parameters), e.g. {_names(left)}: nothing was frozen there")
-    assert _len(_non_trainable_weights_get(base)) == total, \
-        f"after freeze_all the model should hold all {total} weight tensors as non-trainable"
-
-
-@_quiet
-def check_freeze_all_behaviour(freeze_all):
-    """Hidden: frozen means one training step changes nothing - weights and BatchNorm statistics alike -
-    in a plain base, a seed-style model (head included) and a model that nests the base as one layer."""
-    # 1. freeze the base, put a trainable head on it, train one step
-    base = _reference_base()
-    freeze_all(base)
-    model, head = _head_on(base)
-    X, y = _batch(CHECK_SHAPE, 5)
-    before_base, before_head = _snapshot(_weights_get(base)), _snapshot(_weights_get(head))
-    _one_step(model, X, y)
-    moved = _changed(before_base)
-    stats = [v for v in moved if _any(v is s for s in _moving_statistics(base))]
-    assert not stats, (f"one training step changed BatchNormalization moving statistics ({_names(stats)}): a layer "
-                       "whose variables are non-trainable but whose layer.trainable is still True keeps updating them. "
-                       "Set layer.trainable = False (or model.trainable = False), not variable.trainable")
-    assert not moved, f"one training step changed weights that freeze_all should have frozen: {_names(moved)}"
-    assert _changed(before_head), "the new head on top of the frozen base did not learn in one step"
-    # 2. every layer of a model, the last one (a head) included; 3. layers nested inside a layer
-    inputs = _Input((8, 8, 3))
-    inner = _Model(inputs, _BatchNormalization(name="inner_bn")(_Conv2D(4, 3, name="inner_conv")(inputs)), name="inner")
-    outer_inputs = _Input((8, 8, 3))
-    x = _GlobalAveragePooling2D()(inner(outer_inputs))
-    outer = _Model(outer_inputs, _Dense(5, activation="softmax", name="last_dense")(x))
-    freeze_all(outer)
-    left = _trainable_weights_get(outer)
-    last = [v for v in left if "last_dense" in _str(_getattr(v, "path", ""))]
-    assert not last, (f"freeze_all left the model's last layer trainable ({_names(last)}): it must freeze every "
-                      "layer of the model it is given, the last one too")
-    assert not left, (f"freeze_all left {_names(left)} trainable in a model that nests another model as one layer: "
-                      "use layer.trainable = False, which applies to the layers inside a nested model too")
-    X, y = _batch((8, 8, 3), 5, seed=1)
-    before = _snapshot(_weights_get(outer))
-    _one_step(outer, X, y)
-    moved = _changed(before)
-    assert not moved, f"one training step changed {_names(moved)} in a model freeze_all froze"
-
-
-# ---- add_head -----------------------------------------------------------------------------------
-def _check_head_model(add_head, num_classes, seed, base=None):
-    if base is None:
-        base = _reference_base()
-        _trainable_set(base, False)
-    model = add_head(base, num_classes)
-    assert _is_model(model), f"add_head should return a keras Model, it returned {_type(model).__name__}"
-    assert _tuple(model.outputs[0].shape) == (None, num_classes), \
-        f"add_head(base, {num_classes}) outputs {model.outputs[0].shape}, expected (None, {num_classes}): one score per class"
-    mine = _set(_id(v) for v in _weights_get(model))
-    assert _all(_id(v) in mine for v in _weights_get(base)), \
-        "the model from add_head does not use the base it was given: build it on base.input / base.output"
-    X, _ = _batch(CHECK_SHAPE, num_classes, seed=seed)
-    probs = _to_numpy(_model_call(model, X, training=False))
-    assert _np_all(probs >= 0) and _np_allclose(_np_sum(probs, axis=-1), 1.0, atol=1e-4), \
-        "the head's outputs are not probabilities: use Dense(num_classes, activation='softmax')"
-    return base, model
-
-
-@_quiet
-def check_add_head(add_head):
-    """Visible: a keras Model on the given base whose output is one probability per class."""
-    assert _callable(add_head), "add_head is not a function"
-    _check_head_model(add_head, 5, seed=0)
-
-
-@_quiet
-def check_add_head_behaviour(add_head):
-    """Hidden: only the new head is trainable (its kernel and bias), it learns in one step while the frozen
-    base stays bit-identical, and the number of classes is not hard-coded."""
-    base, model = _check_head_model(add_head, 5, seed=0)
-    features = _int(base.outputs[0].shape[-1])  # the check's own MobileNetV2: 1280 pooled features
-    expected = features * 5 + 5
-    trainable = _trainable_weights_get(model)
-    if not trainable:
-        raise AssertionError("the model from add_head has no trainable weights: the new head was frozen too. "
-                             "Only the base is frozen; the new Dense layer must stay trainable")
-    got = _params(trainable)
-    assert got == expected, (f"the model from add_head has {got:,} trainable parameters; a new Dense head on the frozen "
-                             f"base has {expected:,} (kernel {features}x5 plus 5 biases). Extra trainable: {_names(trainable)}")
-    X, y = _batch(CHECK_SHAPE, 5, seed=2)
-    before_base = _snapshot(_weights_get(base))
-    before_all = _snapshot(_weights_get(model))
-    _one_step(model, X, y)
-    assert not _changed(before_base), f"one training step changed the frozen base: {_names(_changed(before_base))}"
-    assert _changed(before_all), "the new head did not change after one training step: it must be trainable"
-    _check_head_model(add_head, 3, seed=3, base=base)
-
-
-# ---- unfreeze_last --------------------------------------------------------------------------------
-def _expected_unfrozen(base, n):
-    """From the check's own frozen base, before the student's function runs: (names of the layers that
-    should train, their parameter count)."""
-    layers = _model_layers_get(base)
-    chosen = [l for l in layers[_len(layers) - n:] if not _is_batchnorm(l) and _weights_get(l)]
-    return [l.name for l in chosen], _sum(_params(_weights_get(l)) for l in chosen)
-
-
-def _frozen_base_unfrozen_by(unfreeze_last, n, calibrate=False):
-    """A frozen reference base, what it should become, and the student's function applied to it."""
-    base = _reference_base(calibrate=calibrate)
-    _trainable_set(base, False)
-    for layer in _model_layers_get(base):
-        _trainable_set(layer, False)
-    expected = _expected_unfrozen(base, n)
-    unfreeze_last(base, n)
-    return base, expected
-
-
-def _trainable_layers(base):
-    """Layers of ``base`` whose weights would train: the layer's own flag, inside the seed-style model."""
-    model, head = _head_on(base)
-    owners = []
-    for v in _trainable_weights_get(model):
-        layer = _owner(model, v)
-        if layer is not None and layer is not head and layer not in owners:
-            owners.append(layer)
-    return model, head, owners
-
-
-@_quiet
-def check_unfreeze_last(unfreeze_last):
-    """Visible: after unfreeze_last(base, 20) on a frozen base, some of the last layers train, no BatchNorm does."""
-    assert _callable(unfreeze_last), "unfreeze_last is not a function"
-    base, _ = _frozen_base_unfrozen_by(unfreeze_last, 20)
-    _, _, owners = _trainable_layers(base)
-    bns = [l.name for l in owners if _is_batchnorm(l)]
-    assert not bns, (f"unfreeze_last made BatchNormalization layers trainable ({', '.join(bns[:4])}): keep every "
-                     "BatchNormalization layer frozen, or its moving statistics drift to your small batches")
-    assert owners, "after unfreeze_last(base, 20) no layer of the base is trainable"
-
-
-@_quiet
-def check_unfreeze_last_behaviour(unfreeze_last):
-    """Hidden: exactly the non-BatchNorm layers among the last n train (counts from a reference model), and one
-    training step leaves every other weight and every BatchNorm moving statistic bit-identical."""
-    for n in (7, 20):  # the last one (calibrated: every layer gets a gradient) also takes a training step
-        base, (names, expected) = _frozen_base_unfrozen_by(unfreeze_last, n, calibrate=n == 20)
-        model, head, owners = _trainable_layers(base)
-        got = [l.name for l in owners]
-        bns = [l.name for l in owners if _is_batchnorm(l)]
-        assert not bns, f"unfreeze_last(base, {n}) made BatchNormalization layers trainable: {', '.join(bns[:4])}"
-        early = [name for name in got if name not in names]
-        assert not early, (f"unfreeze_last(base, {n}) made layers before the last {n} trainable ({', '.join(early[:4])}): "
-                           "only the last n layers of the base should train")
-        missing = [name for name in names if name not in got]
-        assert not missing, (f"unfreeze_last(base, {n}) left some of the last {n} layers frozen "
-                             f"({', '.join(missing[:4])}): count n layers from the end, base.layers[-n:]")
-        params = _params(_trainable_weights_get(model)) - _params(_weights_get(head))
-        assert params == expected, (f"after unfreeze_last(base, {n}) the base has {params:,} trainable parameters, "
-                                    f"expected {expected:,}")
-    X, y = _batch(CHECK_SHAPE, 5, seed=4)
-    kept = [v for l in _model_layers_get(base) if l not in owners for v in _weights_get(l)]
-    before_kept = _snapshot(kept)
-    before_open = _snapshot([v for l in owners for v in _weights_get(l)])
-    _one_step(model, X, y, lr=0.1)
-    moved = _changed(before_kept)
-    assert not moved, f"one training step changed weights that should stay frozen: {_names(moved)}"
-    assert _changed(before_open), "one training step changed none of the unfrozen layers"
-
-
-# ---- compile_for_fine_tuning -------------------------------------------------------------------------
-def _small_model(seed=0):
-    """A stand-in for backbone + head (the check only needs a Conv, a BatchNorm and a Dense): fast to trace."""
+def small_model(seed=0):
+    """A stand-in for backbone + head (a Conv, a BatchNorm and a Dense): fast to compile and train."""
     keras.utils.set_random_seed(seed)
-    inputs = _Input((8, 8, 3))
-    conv = _Conv2D(4, 3, name="stand_in_conv")
-    x = _BatchNormalization(name="stand_in_bn")(conv(inputs))
-    x = _GlobalAveragePooling2D()(x)
-    return _Model(inputs, _Dense(5, activation="softmax", name="stand_in_head")(x)), conv
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.BatchNormalization(name="stand_in_bn")(keras.layers.Conv2D(4, 3, name="stand_in_conv")(inputs))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(5, activation="softmax", name="stand_in_head")(x))
 
 
-def _check_compiled(model, returned, lr):
+def nested_model():
+    """A model that holds another model as one of its layers, and ends in a Dense layer."""
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8, 8, 3))
+    inner = keras.Model(inputs, keras.layers.BatchNormalization(name="inner_bn")(
+        keras.layers.Conv2D(4, 3, name="inner_conv")(inputs)), name="inner")
+    outer_inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inner(outer_inputs))
+    return keras.Model(outer_inputs, keras.layers.Dense(5, activation="softmax", name="last_dense")(x))
+
+
+def head_on(base, num_classes=5):
+    """The seed's head, built by the check: a softmax Dense on the base's output."""
+    head = keras.layers.Dense(num_classes, activation="softmax", name="check_head")
+    return keras.Model(base.inputs[0], head(base.outputs[0])), head
+
+
+def batch(input_shape, num_classes, n=4, seed=0):
+    rng = numpy.random.RandomState(seed)
+    X = rng.uniform(-1, 1, size=(n, *input_shape)).astype("float32")
+    y = numpy.eye(num_classes, dtype="float32")[rng.randint(0, num_classes, size=n)]
+    return X, y
+
+
+def one_step(model, X, y, lr=0.5):
+    """One SGD step with the check's own optimizer."""
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr), loss="categorical_crossentropy", run_eagerly=True)
+    model.train_on_batch(X, y)
+
+
+def all_layers(model):
+    """Every layer inside ``model`` (nested models' layers too), not the model itself."""
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)]
+
+
+def leaves(model):
+    """The layers inside ``model`` that hold weights of their own (not models)."""
+    return [layer for layer in all_layers(model) if not isinstance(layer, keras.Model) and layer.weights]
+
+
+def batch_norms(model):
+    return [layer for layer in all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def snapshot(variables):
+    return [(v, numpy.array(v.numpy(), copy=True)) for v in variables]
+
+
+def changed(saved):
+    return [v for v, before in saved if not numpy.array_equal(v.numpy(), before)]
+
+
+def count(variables):
+    return int(sum(math.prod(v.shape) for v in variables))
+
+
+def names(items, limit=4):
+    shown = [getattr(item, "path", None) or getattr(item, "name", "?") for item in list(items)[:limit]]
+    more = len(items) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def is_model(value):
+    return isinstance(value, keras.Model)
+
+
+@contextlib.contextmanager
+def weights_setting(value):
+    """Run with FTLAB_WEIGHTS=value unless an instructor chose a setting other than the default."""
+    old = os.environ.get("FTLAB_WEIGHTS")
+    if old in (None, "", "auto"):
+        os.environ["FTLAB_WEIGHTS"] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("FTLAB_WEIGHTS", None)
+        else:
+            os.environ["FTLAB_WEIGHTS"] = old
+
+
+# ---- Exercise: build_base --------------------------------------------------------------------------
+def call_build_base(build_base, **kwargs):
+    try:
+        return call(build_base, **kwargs)
+    except StudentCodeError as error:
+        text = str(error)
+        if "imagenet" in text.lower() or "url fetch" in text.lower() or "http" in text.lower():
+            raise AssertionError("build_base asked for the ImageNet weights, which cannot be downloaded here (the grader "
+                                 "has no internet): pass weights=mobilenet_v2_weights(), which picks ImageNet where it "
+                                 f"can be had and the course's weights otherwise. ({text[:300]})") from None
+        raise
+
+
+def check_build_base(build_base):
+    """build_base(input_shape=(96, 96, 3)) returns a new MobileNetV2 without its top, average-pooled, for
+    images of ``input_shape``, with the weights the course setting chooses (weights=mobilenet_v2_weights()),
+    every layer trainable as loaded."""
+    from course import keras_tools
+
+    with quiet(), weights_setting("course"):
+        base = call_build_base(build_base)
+        assert is_model(base), f"build_base() should return a keras Model, it returned {type(base).__name__}"
+        assert tuple(base.inputs[0].shape) == (None, *LESSON_SHAPE), \
+            f"build_base() takes {base.inputs[0].shape} images; the lesson uses input_shape={LESSON_SHAPE}"
+        assert not any(layer.name == "predictions" for layer in base.layers), \
+            "build_base() kept the ImageNet classifier: pass include_top=False"
+        out = tuple(base.outputs[0].shape)
+        assert len(out) == 2, f"build_base() outputs {out}, a feature map: pass pooling='avg' so each image becomes one vector"
+        reference = keras_tools.mobilenet_v2_base(LESSON_SHAPE, verbose=False)
+        assert len(base.layers) == len(reference.layers) and out == tuple(reference.outputs[0].shape), \
+            f"build_base() has {len(base.layers)} layers and outputs {out}; MobileNetV2 without its top has " \
+            f"{len(reference.layers)} layers and outputs {tuple(reference.outputs[0].shape)}"
+        pooling = type(base.layers[-1]).__name__
+        assert pooling == "GlobalAveragePooling2D", \
+            f"build_base() ends in {pooling}: pass pooling='avg' (the average of each feature map), not 'max'"
+        mine, theirs = base.weights, reference.weights
+        same = sum(1 for a, b in zip(mine, theirs) if numpy.array_equal(a.numpy(), b.numpy()))
+        assert same == len(theirs), (
+            f"build_base() did not load the weights the course setting chooses: only {same} of {len(theirs)} weight "
+            "tensors match. Pass weights=mobilenet_v2_weights() (not weights=None, which is training from scratch, "
+            "and not a hard-coded 'imagenet', which the grader cannot download)")
+        frozen = [layer.name for layer in base.layers if not layer.trainable]
+        assert base.trainable and not frozen, (f"build_base() should return the base with every layer trainable "
+                                               f"(freezing is the next exercise); frozen: {', '.join(frozen[:4])}")
+        X, _ = batch(LESSON_SHAPE, 1, n=2)
+        assert numpy.allclose(base(X, training=False), reference(X, training=False), atol=1e-5), \
+            "build_base()'s model computes something else than MobileNetV2 with the course weights"
+        other = (64, 64, 3)
+        small = call_build_base(build_base, input_shape=other)
+        assert tuple(small.inputs[0].shape) == (None, *other), \
+            f"build_base(input_shape={other}) ignored its argument: the model takes {small.inputs[0].shape}"
+
+
+# ---- Exercise: freeze_all -------------------------------------------------------------------------
+def check_freeze_all(freeze_all):
+    """freeze_all(model) sets trainable = False on every layer of ``model`` (nested layers and the last layer
+    included) and returns the same model; a training step then changes none of its weights, BatchNormalization
+    statistics included."""
+    with quiet():
+        base = stand_in_base(calibrate=True)
+        returned = call(freeze_all, base)
+        still = [layer.name for layer in leaves(base) if layer.trainable]
+        if still and not base.trainable_weights:
+            raise AssertionError(
+                f"freeze_all marked the weights non-trainable but left {len(still)} layers trainable ({', '.join(still[:3])}): "
+                "a BatchNormalization layer that is still trainable keeps updating its moving statistics in training. "
+                "Set layer.trainable = False (model.trainable = False does it for every layer)")
+        assert not still, f"after freeze_all, {len(still)} layers are still trainable: {', '.join(still[:4])}"
+        assert returned is base, ("freeze_all(model) should return the model it was given (the same object), "
+                                  f"it returned {type(returned).__name__}")
+        model, head = head_on(base)
+        X, y = batch(CHECK_SHAPE, 5)
+        before_base, before_head = snapshot(base.weights), snapshot(head.weights)
+        one_step(model, X, y)
+        moved = changed(before_base)
+        assert not moved, f"one training step changed weights that freeze_all should have frozen: {names(moved)}"
+        assert changed(before_head), "the new head on top of the frozen base did not learn in one step"
+        outer = nested_model()
+        call(freeze_all, outer)
+        left = [layer.name for layer in leaves(outer) if layer.trainable]
+        assert "last_dense" not in left, ("freeze_all left the model's last layer trainable: it must freeze every "
+                                          "layer of the model it is given, the last one too")
+        assert not left, (f"freeze_all left {', '.join(left[:3])} trainable in a model that holds another model as a "
+                          "layer: layer.trainable = False applies to the layers inside a nested model too")
+
+
+# ---- Exercise: add_head -----------------------------------------------------------------------------
+def check_add_head(add_head):
+    """add_head(base, num_classes) returns a new keras Model from the base's input to a new
+    Dense(num_classes, activation="softmax") on the base's pooled output, built on the base it was given,
+    changing no layer's trainable flag; only the new layer trains (the base given is frozen)."""
+    with quiet():
+        base = frozen_base()
+        flags = [layer.trainable for layer in [base, *all_layers(base)]]
+        for num_classes in (5, 3):
+            model = call(add_head, base, num_classes)
+            assert is_model(model), f"add_head should return a keras Model, it returned {type(model).__name__}"
+            assert tuple(model.outputs[0].shape) == (None, num_classes), \
+                f"add_head(base, {num_classes}) outputs {model.outputs[0].shape}, expected (None, {num_classes})"
+            mine = {id(v) for v in model.weights}
+            assert all(id(v) in mine for v in base.weights), \
+                "the model from add_head does not use the base it was given: build it on base.input and base.output"
+            assert [layer.trainable for layer in [base, *all_layers(base)]] == flags, \
+                "add_head changed trainable flags of the base; freezing and unfreezing are other exercises"
+            X, _ = batch(CHECK_SHAPE, num_classes, seed=num_classes)
+            probs = numpy.asarray(model(X, training=False))
+            assert numpy.all(probs >= 0) and numpy.allclose(probs.sum(axis=-1), 1.0, atol=1e-4), \
+                "the head's outputs are not probabilities: use Dense(num_classes, activation='softmax')"
+            trainable = model.trainable_weights
+            assert trainable, ("the model from add_head has no trainable weights: the new head was frozen too. Only "
+                               "the base is frozen; the new Dense layer must stay trainable")
+            features = int(base.outputs[0].shape[-1])
+            expected = features * num_classes + num_classes
+            assert count(trainable) == expected, (
+                f"the model from add_head has {count(trainable):,} trainable parameters; a new Dense head on the frozen "
+                f"base has {expected:,} (kernel {features}x{num_classes} plus {num_classes} biases): {names(trainable)}")
+        X, y = batch(CHECK_SHAPE, 3, seed=2)
+        before_base, before_all = snapshot(base.weights), snapshot(model.weights)
+        one_step(model, X, y)
+        assert not changed(before_base), f"one training step changed the frozen base: {names(changed(before_base))}"
+        assert changed(before_all), "the new head did not change after one training step: it must be trainable"
+
+
+# ---- Exercise: unfreeze_last --------------------------------------------------------------------------
+def layers_with_weights(base):
+    return [layer for layer in base.layers if layer.weights]
+
+
+def expected_unfrozen(base, n):
+    """Names of the layers (with weights) that should train after unfreeze_last(base, n)."""
+    last = base.layers[max(0, len(base.layers) - n):] if n > 0 else []
+    return [layer.name for layer in last if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def all_frozen_base(calibrate=False):
+    base = frozen_base(calibrate)
+    for layer in base.layers:
+        layer.trainable = False
+    return base
+
+
+def check_unfreeze_last(unfreeze_last):
+    """unfreeze_last(base, n) makes the last n layers of ``base.layers`` trainable except BatchNormalization
+    layers, which stay frozen; every other layer keeps its flag; n=0 changes nothing and n larger than the
+    number of layers means all of them; it returns ``base``. Then a training step moves exactly those layers."""
+    with quiet():
+        size = len(stand_in_base().layers)
+        for n in (4, 9, 0, size + 10):
+            base = all_frozen_base(calibrate=n == 9)
+            returned = call(unfreeze_last, base, n)
+            want = expected_unfrozen(base, n)
+            got = [layer.name for layer in layers_with_weights(base) if layer.trainable]
+            bns = [name for name in got if isinstance(base.get_layer(name), keras.layers.BatchNormalization)]
+            assert not bns, (f"unfreeze_last(base, {n}) made BatchNormalization layers trainable ({', '.join(bns[:3])}): keep "
+                             "every BatchNormalization layer frozen, or its moving statistics drift to your small batches")
+            if n == 0 and got:
+                raise AssertionError("unfreeze_last(base, 0) unfroze layers: base.layers[-0:] is the whole list, not an "
+                                     "empty one; take the layers from index len(base.layers) - n")
+            if n > size and got == expected_unfrozen(base, n - size):
+                raise AssertionError(f"unfreeze_last(base, {n}) with more than the {size} layers there are unfroze only "
+                                     f"the last {n - size}: len(base.layers) - n is negative, and a negative start "
+                                     "counts from the end; start at max(0, len(base.layers) - n)")
+            early = [name for name in got if name not in want]
+            assert not early, (f"unfreeze_last(base, {n}) made layers before the last {n} trainable "
+                               f"({', '.join(early[:4])}): only the last n layers of the base should train")
+            missing = [name for name in want if name not in got]
+            assert not missing, (f"unfreeze_last(base, {n}) left some of the last {n} layers frozen "
+                                 f"({', '.join(missing[:4])}): count n layers from the end of base.layers")
+            assert returned is base, f"unfreeze_last(base, n) should return base, it returned {type(returned).__name__}"
+            if n == 9:
+                model, head = head_on(base)
+                opened = [v for name in want for v in base.get_layer(name).weights]
+                kept = [v for v in base.weights if all(v is not w for w in opened)]
+                before_kept, before_open = snapshot(kept), snapshot(opened)
+                X, y = batch(CHECK_SHAPE, 5, seed=4)
+                one_step(model, X, y, lr=0.1)
+                assert not changed(before_kept), f"one training step changed weights that should stay frozen: {names(changed(before_kept))}"
+                assert changed(before_open), "one training step changed none of the unfrozen layers"
+
+
+# ---- Exercise: compile_for_fine_tuning -------------------------------------------------------------------
+def check_compiled(model, returned, lr):
     assert returned is model, ("compile_for_fine_tuning(model, lr) should return the model it was given, "
-                               f"it returned {_type(returned).__name__}")
-    optimizer = _getattr(model, "optimizer", None)
-    assert optimizer is not None and _getattr(model, "compiled", False), "the model is not compiled: call model.compile(...)"
-    assert _isinstance(optimizer, _Adam), f"the optimizer is {_type(optimizer).__name__}, the lesson uses Adam"
-    got = _learning_rate(optimizer)
-    assert _isclose(got, lr, rel_tol=1e-5), (
+                               f"it returned {type(returned).__name__}")
+    optimizer = getattr(model, "optimizer", None)
+    assert optimizer is not None and getattr(model, "compiled", False), "the model is not compiled: call model.compile(...)"
+    assert isinstance(optimizer, keras.optimizers.Adam), f"the optimizer is {type(optimizer).__name__}, the lesson uses Adam"
+    got = float(numpy.asarray(optimizer.learning_rate))
+    assert math.isclose(got, lr, rel_tol=1e-5), (
         f"the learning rate is {got:g}, expected {lr:g}" +
         (": a learning rate that high makes large updates that wreck the pre-trained features" if got > lr else "") +
         ". Pass learning_rate=lr to Adam")
-
-
-def _check_loss_and_accuracy(model):
-    X, y = _batch((8, 8, 3), 5, n=6, seed=5)
-    probs = _np_clip(_to_numpy(_model_call(model, X, training=False)), 1e-7, 1 - 1e-7)
-    expected = _float(-_np_sum(y * _np_log(probs)) / _len(y))
+    X, y = batch((8, 8, 3), 5, n=6, seed=5)
+    probs = numpy.clip(numpy.asarray(model(X, training=False)), 1e-7, 1 - 1e-7)
+    expected = float(-numpy.sum(y * numpy.log(probs)) / len(y))
     try:
-        logs = _model_evaluate(model, X, y, verbose=0, return_dict=True)
+        logs = model.evaluate(X, y, verbose=0, return_dict=True)
     except Exception as error:  # noqa: BLE001 - the student's loss may not accept one-hot labels
-        raise AssertionError(f"evaluating with one-hot labels failed ({_type(error).__name__}): the lesson's labels are "
+        raise AssertionError(f"evaluating with one-hot labels failed ({type(error).__name__}): the lesson's labels are "
                              "one-hot, use loss='categorical_crossentropy'") from None
-    assert _isclose(_float(logs["loss"]), expected, rel_tol=1e-3, abs_tol=1e-4), (
-        f"the loss on a batch is {_float(logs['loss']):.4f}, categorical cross-entropy gives {expected:.4f}: "
+    assert math.isclose(float(logs["loss"]), expected, rel_tol=1e-3, abs_tol=1e-4), (
+        f"the loss on a batch is {float(logs['loss']):.4f}, categorical cross-entropy gives {expected:.4f}: "
         "use loss='categorical_crossentropy'")
-    assert _any(k in logs for k in ("accuracy", "acc", "categorical_accuracy")), \
-        f"the model reports {_sorted(logs)} only: add metrics=['accuracy']"
+    assert any(k in logs for k in ("accuracy", "acc", "categorical_accuracy")), \
+        f"the model reports {sorted(logs)} only: add metrics=['accuracy']"
 
 
-_sorted = builtins.sorted
-
-
-@_quiet
 def check_compile_for_fine_tuning(compile_for_fine_tuning):
-    """Visible: Adam at the default lr of 1e-5, categorical cross-entropy, accuracy."""
-    assert _callable(compile_for_fine_tuning), "compile_for_fine_tuning is not a function"
-    model, _ = _small_model()
-    returned = compile_for_fine_tuning(model)
-    _check_compiled(model, returned, 1e-5)
-    _check_loss_and_accuracy(model)
-
-
-@_quiet
-def check_compile_for_fine_tuning_behaviour(compile_for_fine_tuning):
-    """Hidden: the lr argument is used, and layers unfrozen after an earlier compile and fit really train
-    afterwards (Keras keeps the training step it traced: only a new compile picks up new trainable flags)."""
-    model, _ = _small_model(seed=1)
-    _check_compiled(model, compile_for_fine_tuning(model, lr=3e-4), 3e-4)
-    model, conv = _small_model(seed=2)
-    X, y = _batch((8, 8, 3), 5, n=8, seed=6)
-    eager = _functions_run_eagerly()
-    _run_functions_eagerly(False)  # the lesson runs eagerly in quick mode; this check needs a traced step
-    try:
-        _trainable_set(conv, False)
-        _model_compile(model, optimizer=_Adam(1e-3), loss="categorical_crossentropy")
-        _train_on_batch(model, X, y)          # head-only phase: Keras traces its training step now
-        _trainable_set(conv, True)            # the student then unfreezes a layer...
-        compile_for_fine_tuning(model, lr=1e-3)
-        before = _snapshot(_weights_get(conv))
-        _train_on_batch(model, X, y)
-        assert _changed(before), ("a layer unfrozen after the first compile did not train after compile_for_fine_tuning: "
-                                  "it must call model.compile(...) again (changing the optimizer's learning rate is "
-                                  "not enough, Keras keeps the training step it built at the last compile)")
-    finally:
-        _run_functions_eagerly(eager)
+    """compile_for_fine_tuning(model, lr=1e-5) compiles ``model`` with Adam(learning_rate=lr),
+    loss="categorical_crossentropy" and metrics=["accuracy"], changes no trainable flag and returns the
+    model; layers unfrozen after an earlier compile really train afterwards."""
+    with quiet():
+        model = small_model()
+        model.trainable = False  # as after freeze_all, with the head unfrozen again
+        model.get_layer("stand_in_head").trainable = True
+        flags = [layer.trainable for layer in [model, *all_layers(model)]]
+        check_compiled(model, call(compile_for_fine_tuning, model), 1e-5)
+        assert [layer.trainable for layer in [model, *all_layers(model)]] == flags, (
+            "compile_for_fine_tuning changed trainable flags (e.g. model.trainable = True unfreezes every layer, "
+            "BatchNormalization too): it should only compile")
+        model = small_model(seed=1)
+        check_compiled(model, call(compile_for_fine_tuning, model, lr=3e-4), 3e-4)
+        model = small_model(seed=2)
+        conv = model.get_layer("stand_in_conv")
+        X, y = batch((8, 8, 3), 5, n=8, seed=6)
+        eager = tf.config.functions_run_eagerly()
+        tf.config.run_functions_eagerly(False)  # the lesson runs eagerly in quick mode; this check needs a traced step
+        try:
+            conv.trainable = False
+            model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
+            model.train_on_batch(X, y)          # head-only phase: Keras traces its training step now
+            conv.trainable = True               # the student then unfreezes a layer...
+            call(compile_for_fine_tuning, model, lr=1e-3)
+            before = snapshot(conv.weights)
+            model.train_on_batch(X, y)
+            assert changed(before), ("a layer unfrozen after the first compile did not train after compile_for_fine_tuning: "
+                                     "it must call model.compile(...) again (changing the optimizer's learning rate is "
+                                     "not enough, Keras keeps the training step it built at the last compile)")
+        finally:
+            tf.config.run_functions_eagerly(eager)

@@ -1,33 +1,33 @@
-"""A fork server for the independent checker: frameworks imported once per grading run, a fresh child per check.
+"""The fork server: frameworks imported once per grading run; a fresh process forked for each judge and runner.
 
-    with CheckerServer.start(preload_for([source_nb]), folder=private_dir) as server:
-        check_submission(source_nb, submitted_nb, server=server.socket_path)
+    with ForkServer.start(preload_for([source_nb]), folder=private_dir) as server:
+        verdicts = judge.check_submission(source_nb, submitted_nb, server=server.socket_path)
 
-The checker's child (``autograder.checker_child``) needs torch and torchvision (about 3 s of imports here)
-or TensorFlow (about 8 s) before it can judge anything, and it used to import them again for every
-submission. This server imports them once; each check still runs in its own new process, forked from
-the server's clean state, so what one submission's code does never reaches another's.
+The judge needs the check modules and the frameworks (torch and torchvision, about 3 s of imports here, or
+TensorFlow, about 8 s), and so does every runner. This server imports them once; each judge and each
+runner is still a process of its own, forked from the server's clean state: the server itself never
+reads a notebook, never holds a hidden test and never runs student code, so what one process does never
+reaches another.
 
-Who does what (Linux; elsewhere ``supported()`` is False and the checker starts ``python -m
-autograder.checker_child`` per check, as before):
+Who does what (Linux; elsewhere ``supported()`` is False and judges and runners start as fresh
+interpreters: ``python -m autograder.judge``, ``python -m autograder.runner``):
 
 * the **server** (``serve``) binds a unix socket (mode 600, in a folder only the grading user can enter),
   imports the modules, then only accepts connections and forks one **supervisor** per connection. It
-  never reads what clients send, never runs student code, and exits when its stdin closes (the grading
-  run that started it is over).
-* the **supervisor** (``supervise``) refuses a peer that is not the server's own user, reads one request
-  (a header with the sandbox spec, the environment and two pipe ends, the checker's verdict pipe and
-  its stderr; then the job), enters fresh mount, network and pid namespaces when the sandbox has them
-  (``sandbox.enter_namespaces``) and forks the **checker process** with ``sandbox.fork_confined``: pid 1
-  of those namespaces, the same private view, limits and separate user as ``sandbox.wrap`` gives. The
-  supervisor tells the client the checker's pid, waits for it, kills it if the client goes away, and
-  sends its exit status.
-* the **checker process** runs ``autograder.checker_child.run(job)``: its imports are already done, so it
-  goes straight to the snapshot, the student's definitions and the test cells.
+  exits when its stdin closes (the grading run that started it is over).
+* a **supervisor** (``supervise``) refuses a peer that is not the server's own user and reads one
+  request. For a *judge* request it becomes the judge: it runs ``autograder.judge.judge_job`` on the job
+  (paths of the instructor's and the student's notebook, limits) and sends the verdicts back on the
+  connection. For a *runner* request (sent by a judge: the sandbox spec, the runner's environment, the
+  answer pipe and a stderr pipe, the runner request) it enters fresh mount, network and pid namespaces
+  when the sandbox has them (``sandbox.enter_namespaces``), forks the **runner** with
+  ``sandbox.fork_confined`` (pid 1 of those namespaces, the private view, limits, the job's user) and
+  reports its pid and, when it ends, its exit status; it kills it if the judge goes away.
+* the **runner** runs ``autograder.runner.run``: its imports are done, so it goes straight to rebuilding
+  the call's arguments, loading the student's definitions and calling one function.
 
-The client side is ``launch`` (used by ``autograder.checker.run_child``): it returns a ``ForkedChild``
-that behaves like the ``subprocess.Popen`` object of the exec'd child (``pid`` to kill its process group,
-``stderr``, ``wait``), so the checker's timeouts, relaunches and verdict channel are unchanged.
+Client side: ``launch_runner`` returns a ``ForkedChild`` that behaves like the ``subprocess.Popen`` of
+a fresh runner (``pid`` to kill its process group, ``stderr``, ``wait``); ``run_judge`` waits for verdicts.
 """
 from __future__ import annotations
 
@@ -40,11 +40,12 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-SERVER_VARIABLE = "FTLAB_CHECKER_SERVER"  # where check_submission finds the server (set per grading job)
-MAGIC = b"FTLAB-CHECK-1"
+SERVER_VARIABLE = "FTLAB_FORK_SERVER"  # where the judge finds the server (set per grading job)
+MAGIC = b"FTLAB-FORK-1"
 HEADER = struct.Struct("!II")  # lengths of the header JSON and of the job JSON
 MAX_HEADER = 1 << 20
 MAX_JOB = 64 << 20
@@ -58,7 +59,7 @@ def supported() -> bool:
 
 # ---- the server ---------------------------------------------------------------------------------------
 def serve(socket_path: str, preload: list[str]) -> None:
-    """Bind, import ``preload`` (in the checker's order: torch family before TensorFlow), then fork one
+    """Bind, import ``preload`` (torch family before TensorFlow), then fork one
     supervisor per connection until stdin closes."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_mask = os.umask(0o177)
@@ -68,12 +69,12 @@ def serve(socket_path: str, preload: list[str]) -> None:
         os.umask(old_mask)
     listener.listen(128)  # clients that come while the imports run wait in the backlog
     print("listening", flush=True)
-    from autograder import checker_child, sandbox
+    from autograder import cells, judge, runner, sandbox  # noqa: F401 - imported once, for every fork
     sandbox.protections()  # probe the namespaces once, here, not in every supervisor
-    for name in checker_child.import_order(preload):
+    for name in cells.import_order(preload):
         try:
             importlib.import_module(name)
-        except Exception as error:  # the checker process retries and reports it in its notes
+        except Exception as error:  # a judge or runner that needs it reports the import error
             print(f"import {name}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
     print("ready", flush=True)
@@ -115,7 +116,7 @@ def send_line(conn: socket.socket, message: dict) -> None:
 
 
 def receive_request(conn: socket.socket) -> tuple[dict, bytes, list[int]]:
-    """(header, job bytes, [verdict fd, stderr fd]) of one client request."""
+    """(header, job bytes, file descriptors) of one client request."""
     data, fds, _, _ = socket.recv_fds(conn, 65536, 2)
     try:
         size = len(MAGIC) + HEADER.size
@@ -124,8 +125,8 @@ def receive_request(conn: socket.socket) -> tuple[dict, bytes, list[int]]:
             if not chunk:
                 raise ConnectionError("the request ended early")
             data += chunk
-        if not data.startswith(MAGIC) or len(fds) != 2:
-            raise ConnectionError("not a checker request")
+        if not data.startswith(MAGIC):
+            raise ConnectionError("not a fork server request")
         header_size, job_size = HEADER.unpack_from(data, len(MAGIC))
         if header_size > MAX_HEADER or job_size > MAX_JOB:
             raise ConnectionError("request too large")
@@ -147,20 +148,38 @@ def receive_request(conn: socket.socket) -> tuple[dict, bytes, list[int]]:
         raise
 
 
-def supervise(conn: socket.socket) -> None:
-    """One request: start the confined checker process, report its pid, wait, report its exit status."""
-    from autograder import checker_child, sandbox
+def end_with_client(conn: socket.socket) -> None:
+    """A judge's watch: when the process that asked for its verdicts is gone, it ends at once (and its
+    runners' supervisors, seeing it go, kill the runners)."""
+    try:
+        while conn.recv(4096):
+            pass
+    except OSError:
+        pass
+    os._exit(1)
 
-    os.setsid()  # the client kills this process group (supervisor + checker) when a check overruns
+
+def supervise(conn: socket.socket) -> None:
+    """One request: become the judge, or start a confined runner and report on it."""
+    from autograder import judge, runner, sandbox
+
+    os.setsid()  # the client kills this process group (supervisor + runner) when a call overruns
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     _, peer_uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                                  struct.calcsize("3i")))
     if peer_uid != os.geteuid():
-        raise PermissionError(f"uid {peer_uid} may not use this checker server")
-    header, job_bytes, (verdict_fd, stderr_fd) = receive_request(conn)
-    job = json.loads(job_bytes)
-    del job_bytes
-    job["verdict_fd"] = verdict_fd
+        raise PermissionError(f"uid {peer_uid} may not use this fork server")
+    header, job, fds = receive_request(conn)
+    if header.get("role") == "judge":
+        for fd in fds:
+            os.close(fd)
+        threading.Thread(target=end_with_client, args=(conn,), daemon=True).start()
+        verdicts = judge.judge_job(json.loads(job))
+        send_line(conn, {"verdicts": verdicts})
+        return
+    if len(fds) != 2:
+        raise ConnectionError("a runner request needs its answer and stderr pipes")
+    answer_fd, stderr_fd = fds
     spec = header["sandbox"]
     sandbox.enter_namespaces()
 
@@ -172,11 +191,12 @@ def supervise(conn: socket.socket) -> None:
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)
         os.close(devnull)
-        checker_child.run(job)
+        runner.run(job, answer_fd)
 
     child = sandbox.fork_confined(spec, run, base_env=header["env"],
-                                  pass_fds=(verdict_fd, stderr_fd, conn.fileno()))
-    os.close(verdict_fd)
+                                  pass_fds=(answer_fd, stderr_fd, conn.fileno()))
+    del job
+    os.close(answer_fd)
     os.close(stderr_fd)
     send_line(conn, {"pid": child, "group": os.getpid()})
     pidfd = os.pidfd_open(child)
@@ -186,40 +206,40 @@ def supervise(conn: socket.socket) -> None:
             _, status = os.waitpid(child, 0)
             send_line(conn, {"exit": os.waitstatus_to_exitcode(status)})
             return
-        if not conn.recv(4096):  # the client is gone: nobody wants this check any more
+        if not conn.recv(4096):  # the judge is gone: nobody wants this call any more
             os.kill(child, signal.SIGKILL)
             os.waitpid(child, 0)
             return
 
 
 # ---- starting and stopping it (the grading pipeline, tests) ---------------------------------------------
-class CheckerServer:
+class ForkServer:
     """A running server process; ``stop()`` (or leaving the ``with`` block) ends it and its children."""
 
     def __init__(self, process: subprocess.Popen, socket_path: Path, log_path: Path):
         self.process, self.socket_path, self.log_path = process, socket_path, log_path
 
     @classmethod
-    def start(cls, preload: list[str], folder: Path, env: dict | None = None) -> "CheckerServer":
+    def start(cls, preload: list[str], folder: Path, env: dict | None = None) -> "ForkServer":
         """Start a server whose socket lives in ``folder`` (which only the grading user may enter) and
         wait until it listens (its imports go on in the background). ``env``: extra variables, e.g. the
         thread counts, which torch and TensorFlow read when the server imports them."""
         folder = Path(folder)
-        socket_path = folder / "checker.sock"
-        log_path = folder / "checker-server.log"
+        socket_path = folder / "fork.sock"
+        log_path = folder / "fork-server.log"
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != SERVER_VARIABLE},
                **(env or {})}
         env.update(NBGRADER_EXECUTION="autograde", MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="2",
                    HOME=str(folder), KERAS_HOME=str(folder / ".keras"), MPLCONFIGDIR=str(folder / ".matplotlib"))
         with open(log_path, "wb") as log:
-            process = subprocess.Popen([sys.executable, "-I", "-m", "autograder.checker_server", str(socket_path),
+            process = subprocess.Popen([sys.executable, "-I", "-m", "autograder.server", str(socket_path),
                                         json.dumps(preload)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                        stderr=log, env=env, cwd=folder, start_new_session=True)
         line = process.stdout.readline()
         if line.strip() != b"listening":
             process.kill()
             process.wait()
-            raise RuntimeError(f"the checker server did not start: {log_path.read_text()[-500:]}")
+            raise RuntimeError(f"the fork server did not start: {log_path.read_text()[-500:]}")
         server = cls(process, socket_path, log_path)
         return server
 
@@ -240,7 +260,7 @@ class CheckerServer:
             pass
         self.process.stdout.close()
 
-    def __enter__(self) -> "CheckerServer":
+    def __enter__(self) -> "ForkServer":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -249,7 +269,7 @@ class CheckerServer:
 
 # ---- the client side ------------------------------------------------------------------------------------
 class ForkedChild:
-    """The checker process a server started for us, with the parts of ``subprocess.Popen`` the checker uses."""
+    """A runner the server started for us, with the parts of ``subprocess.Popen`` the judge uses."""
 
     def __init__(self, conn: socket.socket, group: int, stderr):
         self.conn, self.pid, self.stderr, self.returncode = conn, group, stderr, None
@@ -257,8 +277,8 @@ class ForkedChild:
         self._buffer = b""
 
     def wait(self, timeout: float | None = None) -> int | None:
-        """The checker process's exit code (negative: killed by that signal); None if the supervisor was
-        killed before it could say."""
+        """The runner's exit code (negative: killed by that signal); None if the supervisor was killed
+        before it could say."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.conn.fileno() >= 0:  # not yet closed by an earlier wait
             *lines, self._buffer = self._buffer.split(b"\n")
@@ -274,7 +294,7 @@ class ForkedChild:
                 return self.returncode
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise subprocess.TimeoutExpired("checker", timeout)
+                raise subprocess.TimeoutExpired("runner", timeout)
             ready, _, _ = select.select([self.conn], [], [], left)
             if not ready:
                 continue
@@ -292,38 +312,75 @@ class ForkedChild:
             pass
 
 
-def launch(socket_path: str, job: bytes, *, verdict_fd: int, env: dict, sandbox_spec: dict) -> ForkedChild:
-    """Ask the server at ``socket_path`` for a checker process running ``job``; raises OSError when the
-    server cannot be reached or refuses (the caller then starts ``python -m autograder.checker_child``)."""
+def connect(socket_path: str, header: dict, job: bytes, fds: list[int]) -> socket.socket:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.settimeout(CONNECT_TIMEOUT)
-    stderr_read, stderr_write = os.pipe()
     try:
         conn.connect(str(socket_path))
-        header = json.dumps({"sandbox": sandbox_spec, "env": env}).encode()
-        first = MAGIC + HEADER.pack(len(header), len(job)) + header
-        socket.send_fds(conn, [first], [verdict_fd, stderr_write])
+        data = json.dumps(header).encode()
+        socket.send_fds(conn, [MAGIC + HEADER.pack(len(data), len(job)) + data], fds)
         conn.sendall(job)
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = conn.recv(4096)
-            if not chunk:
-                raise ConnectionError("the checker server closed the connection")
-            reply += chunk
-        first_line, _, rest = reply.partition(b"\n")
-        message = json.loads(first_line)
-        if "pid" not in message:
-            raise ConnectionError(f"the checker server refused: {message.get('error', message)}")
-    except (OSError, ValueError) as error:
+    except OSError:
         conn.close()
+        raise
+    return conn
+
+
+def read_line(conn: socket.socket, limit: int = 1 << 20) -> tuple[dict, bytes]:
+    reply = b""
+    while b"\n" not in reply:
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise ConnectionError("the fork server closed the connection")
+        reply += chunk
+        if len(reply) > limit:
+            raise ConnectionError("the fork server's reply is too long")
+    first, _, rest = reply.partition(b"\n")
+    return json.loads(first), rest
+
+
+def launch_runner(socket_path: str, request: bytes, *, answer_fd: int, env: dict, sandbox_spec: dict) -> ForkedChild:
+    """Ask the server at ``socket_path`` for a runner for ``request``; raises OSError when the server cannot
+    be reached or refuses (the judge then starts ``python -m autograder.runner``)."""
+    stderr_read, stderr_write = os.pipe()
+    try:
+        conn = connect(socket_path, {"role": "runner", "sandbox": sandbox_spec, "env": env}, request,
+                       [answer_fd, stderr_write])
+        message, rest = read_line(conn)
+        if "pid" not in message:
+            conn.close()
+            raise ConnectionError(f"the fork server refused: {message.get('error', message)}")
+    except (OSError, ValueError) as error:
         os.close(stderr_read)
         os.close(stderr_write)
-        raise OSError(f"checker server at {socket_path}: {error}") from error
+        raise OSError(f"fork server at {socket_path}: {error}") from error
     os.close(stderr_write)
     conn.settimeout(None)
     child = ForkedChild(conn, int(message["group"]), os.fdopen(stderr_read, "rb"))
     child._buffer = rest
     return child
+
+
+def run_judge(socket_path: str, job: dict, timeout: float) -> dict:
+    """Ask the server at ``socket_path`` for a judge, wait for its verdicts (at most ``timeout`` s).
+    Raises OSError when the server cannot be reached or the judge ends without verdicts."""
+    try:
+        conn = connect(socket_path, {"role": "judge"}, json.dumps(job).encode(), [])
+    except OSError as error:
+        raise OSError(f"fork server at {socket_path}: {error}") from error
+    try:
+        conn.settimeout(timeout)
+        message, _ = read_line(conn, limit=256 << 20)
+    except (OSError, ValueError) as error:
+        raise OSError(f"the judge ended without verdicts: {error}") from error
+    finally:
+        try:
+            conn.close()
+        except OSError:
+            pass
+    if not isinstance(message.get("verdicts"), dict):
+        raise OSError(f"the judge failed: {str(message.get('error', message))[:500]}")
+    return message["verdicts"]
 
 
 def main(argv: list[str]) -> int:

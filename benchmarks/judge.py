@@ -1,15 +1,16 @@
-"""What the tamper-proof checker costs per submission, each way it starts, and whether it judges right.
+"""What the judge costs per submission, each way its processes start, and whether it judges right.
 
-    .venv/bin/python -m benchmarks.checker                      # every assignment, once each
-    .venv/bin/python -m benchmarks.checker quiz --repeat 3      # one assignment, 3 timed runs per notebook
+    .venv/bin/python -m benchmarks.judge                      # every assignment, once each
+    .venv/bin/python -m benchmarks.judge quiz --repeat 3      # one assignment, 3 timed runs per notebook
 
 For each assignment: the student version (release/<assignment>/, or generated into a throw-away course
 with the real ``nbgrader generate_assignment`` when release/ lacks it) and that version with the reference
-answers filled in are each checked with ``autograder.checker.check_submission``, both ways: a fresh
-interpreter per check (framework imports included) and forked by a checker server that imported them once
+answers filled in are each judged with ``autograder.judge.check_submission``, both ways: fresh interpreters
+(the judge and every runner import the frameworks) and forked by a fork server that imported them once
 (as the grading pipeline does; the server's own start, once per grading run, is shown apart).
-Prints the wall seconds per submission (through the sandbox when running as root) and how many test
-cells passed: the reference must pass all, the blank none, both ways alike. Wall-clock figures: other
+Prints the wall seconds per submission (runners sandboxed when running as root), how many runners (one
+per call of a student function) and how many test cells passed: the reference must pass all, the blank
+none, both ways alike; then, for the reference, the seconds of each test cell. Wall-clock figures: other
 work on the machine changes them.
 """
 from __future__ import annotations
@@ -52,7 +53,7 @@ def with_reference(assignment: str, nb: dict) -> dict:
 
 
 def timed_checks(source: Path, path: Path, repeat: int, server: str | None) -> tuple[float, dict]:
-    from autograder.checker import check_submission
+    from autograder.judge import check_submission
     times, verdicts = [], {}
     for _ in range(repeat):
         start = time.perf_counter()
@@ -62,15 +63,15 @@ def timed_checks(source: Path, path: Path, repeat: int, server: str | None) -> t
 
 
 def measure(assignment: str, repeat: int) -> list[dict]:
-    from autograder import checker_server
-    from autograder.checker import preload_for
+    from autograder import server as fork_server
+    from autograder.cells import preload_for
     rows = []
-    with tempfile.TemporaryDirectory(prefix="ftlab-bench-checker-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="ftlab-bench-judge-") as scratch:
         source, blank = student_version(assignment, Path(scratch))
         server_folder = Path(scratch) / "server"
         server_folder.mkdir(mode=0o700)
         start = time.perf_counter()
-        with checker_server.CheckerServer.start(preload_for([source]), server_folder) as server:
+        with fork_server.ForkServer.start(preload_for([source]), server_folder) as server:
             server.wait_ready()
             imports = time.perf_counter() - start  # once per grading run
             socket_path = str(server.socket_path)
@@ -85,7 +86,8 @@ def measure(assignment: str, repeat: int) -> list[dict]:
                 rows.append({"assignment": assignment, "submission": label, "seconds": fresh, "server_seconds": forked,
                              "server_first_seconds": first, "runs": repeat, "passed": passed, "cells": len(verdicts),
                              "right": passed == expected and outcome(forked_verdicts) == outcome(verdicts),
-                             "sandbox": next(iter(verdicts.values()))["sandbox"] if verdicts else "",
+                             "calls": sum(v.get("calls", 0) for v in forked_verdicts.values()),
+                             "cell_seconds": {g: v.get("seconds") for g, v in forked_verdicts.items()},
                              "failures": {g: v["message"][:160] for g, v in {**verdicts, **forked_verdicts}.items()
                                           if v["passed"] != (label == "reference")}})
     return rows
@@ -102,20 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     args = parser.parse_args(argv)
     rows = []
-    print(f"{'assignment':16} {'submission':10} {'fresh interpreter':>17} {'forked by server':>16} {'passed':>8}"
-          "  verdicts as expected (both ways)")
+    from autograder import sandbox
+    print(f"{'assignment':16} {'submission':10} {'fresh interpreters':>18} {'forked by server':>16} {'runners':>7} "
+          f"{'passed':>8}  verdicts as expected (both ways)")
     for assignment in args.assignments:
         for row in measure(assignment, args.repeat):
             rows.append(row)
-            print(f"{row['assignment']:16} {row['submission']:10} {row['seconds']:15.1f} s {row['server_seconds']:14.1f} s "
-                  f"{row['passed']:>4}/{row['cells']:<3}  {'yes' if row['right'] else 'NO'}", flush=True)
+            print(f"{row['assignment']:16} {row['submission']:10} {row['seconds']:16.1f} s {row['server_seconds']:14.1f} s "
+                  f"{row['calls']:>7} {row['passed']:>4}/{row['cells']:<3}  {'yes' if row['right'] else 'NO'}", flush=True)
+            if row["submission"] == "reference":
+                print("    seconds per test cell (forked): " + ", ".join(
+                    f"{g} {t:.1f}" for g, t in row["cell_seconds"].items() if t is not None))
             if row["server_first_seconds"] is not None:
                 print(f"{'':27} (the server's own start, imports included, once per grading run: "
                       f"{row['server_first_seconds']:.1f} s)")
             for gid, message in row["failures"].items():
                 print(f"    {gid}: {message}")
-    if rows:
-        print(rows[0]["sandbox"])
+    print(sandbox.summary())
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0 if all(r["right"] for r in rows) else 1

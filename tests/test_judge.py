@@ -1,4 +1,4 @@
-"""The tamper-proof checker (autograder/checker.py): hostile submissions get exactly what their honest work
+"""The judge (autograder/judge.py) and its runners: hostile submissions get exactly what their honest work
 deserves, honest submissions in every style pass, and plain nbgrader is shown to be fooled by the same attacks.
 
 Hostile and honest submissions live in tests/fixtures/hostile/*.py: a header names the toy notebook
@@ -7,9 +7,9 @@ then ``# %% <grade_id>`` sections hold the student's answer cells. ``# %% +`` ad
 overwrites the submission's copy of a test cell, ``# %% duplicate:ID`` / ``# %% delete:ID`` duplicate or
 delete one. The lessons' own reference and blank notebooks are checked when the lessons are released.
 
-Checks run as the grading pipeline runs them: forked by a checker server (autograder/checker_server.py)
-that imported the frameworks once. A few run the other way too (a fresh interpreter per check, what
-``python -m autograder.checker`` and non-Linux machines use), and both ways are shown to be confined.
+Judges and runners start as the grading pipeline starts them: forked by a fork server (autograder/server.py)
+that imported the frameworks once. A few start the other way too (fresh interpreters, what
+``python -m autograder.judge`` and non-Linux machines use), and runners are shown to be confined both ways.
 """
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ import pytest
 
 from conftest import REPO, make_course, nbgrader
 
-from autograder import checker_server, sandbox
-from autograder.checker import check_submission, choose_statements, preload_for
+from autograder import sandbox, server as fork_server
+from autograder.cells import choose_statements, preload_for
+from autograder.judge import check_submission
 
 HOSTILE = Path(__file__).parent / "fixtures" / "hostile"
 CELL_TIMEOUT = 4  # seconds per test cell in these toy notebooks (their honest cells take milliseconds)
@@ -101,14 +102,14 @@ LESSON_SOURCES = [REPO / "source" / a / n for a, n in (("quiz", "quiz.ipynb"),
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """One checker server for this module, preloaded for the toys and the lessons (torch and TensorFlow)."""
-    if not checker_server.supported():
+    """One fork server for this module, preloaded for the toys and the lessons (torch and TensorFlow)."""
+    if not fork_server.supported():
         yield None
         return
-    folder = tmp_path_factory.mktemp("checker-server")
+    folder = tmp_path_factory.mktemp("fork-server")
     os.chmod(folder, 0o700)
     preload = preload_for([HOSTILE / "toy_python.ipynb", HOSTILE / "toy_torch.ipynb", *LESSON_SOURCES])
-    with checker_server.CheckerServer.start(preload, folder) as running:
+    with fork_server.ForkServer.start(preload, folder) as running:
         yield str(running.socket_path)
 
 
@@ -117,7 +118,7 @@ def verdicts_for(nb: dict, toy: str, tmp_path: Path, **kwargs) -> dict:
     submitted.write_text(json.dumps(nb))
     before = submitted.read_bytes()
     result = check_submission(HOSTILE / f"{toy}.ipynb", submitted, cell_timeout=CELL_TIMEOUT, **kwargs)
-    assert submitted.read_bytes() == before, "the checker must not modify the submission"
+    assert submitted.read_bytes() == before, "the judge must not modify the submission"
     return result
 
 
@@ -130,18 +131,19 @@ def test_only_definitions_imports_and_literals_are_chosen():
     source = ('import os; os.system("echo hi")\nanswer_q1 = "B"\nx, (y, z) = 1, (2, 3)\nbuiltins.len = 3\n'
               'sum = lambda *a: 0\n@dec\ndef f(a=g()):\n    return a\nclass C:\n    pass\nf()\n'
               'from course.checks.quiz import answer_letter\n"""a docstring"""\n')
-    chosen, notes = choose_statements(source, student=True)
+    chosen, notes = choose_statements(source)
     assert [(s["kind"], s["names"]) for s in chosen] == [
-        ("code", ["os"]), ("literal", ["answer_q1"]), ("literal", ["x", "y", "z"]), ("code", ["f"]), ("code", ["C"])]
+        ("code", ["os"]), ("literal", ["answer_q1"]), ("literal", ["x", "y", "z"]), ("code", ["f"]), ("code", ["C"]),
+        ("code", ["answer_letter"])]
     assert chosen[0]["source"] == "import os", "a statement after `;` must not ride along with an import"
     assert chosen[3]["source"].startswith("@dec\ndef f"), "decorators belong to their def"
     ignored = " ".join(notes)
-    for line in ('os.system("echo hi")', "builtins.len = 3", "sum = lambda", "f()", "course.checks.quiz"):
+    for line in ('os.system("echo hi")', "builtins.len = 3", "sum = lambda", "f()"):
         assert line in ignored, f"{line!r} should be reported as ignored: {notes}"
 
 
 def test_ipython_syntax_in_an_answer_cell_does_not_hide_its_definitions():
-    chosen, notes = choose_statements("%matplotlib inline\n!ls\ndef f():\n    return 1\n", student=True)
+    chosen, notes = choose_statements("%matplotlib inline\n!ls\ndef f():\n    return 1\n")
     assert [s["names"] for s in chosen] == [["f"]]
     assert len(notes) == 2
 
@@ -208,9 +210,9 @@ def test_submission_time_limit_fails_the_cells_it_did_not_reach(server, tmp_path
 
 
 # ---- the same attacks against plain nbgrader: the threat is real ------------------------------------------------
-def test_plain_nbgrader_is_fooled_where_the_checker_is_not(tmp_path):
+def test_plain_nbgrader_is_fooled_where_the_judge_is_not(tmp_path):
     """Real nbgrader generate_assignment + autograde on the toy: the input-transformer attack (every answer
-    wrong or missing but one) gets full marks there; the checker gives it what its work deserves."""
+    wrong or missing but one) gets full marks there; the judge gives it what its work deserves."""
     name = "ipython_input_transformer"
     fixture = parse_fixture(HOSTILE / f"{name}.py")
     course = make_course(tmp_path / "course", [])
@@ -252,7 +254,7 @@ def lesson_submission(fixture: dict) -> tuple[Path, dict, dict]:
 @pytest.mark.parametrize("path", fixtures(lessons=True), ids=lambda p: p.stem)
 def test_lesson_attacks_get_exactly_what_their_honest_work_deserves(path, server, tmp_path):
     """Per lesson, one submission: reference answers except the attacked cells, which must fail while every
-    other cell passes (a blank notebook failing every cell is measured by benchmarks/checker.py)."""
+    other cell passes (a blank notebook failing every cell is measured by benchmarks/judge.py)."""
     fixture = parse_fixture(path)
     source, nb, expected = lesson_submission(fixture)
     submitted = tmp_path / "submitted.ipynb"
@@ -262,9 +264,9 @@ def test_lesson_attacks_get_exactly_what_their_honest_work_deserves(path, server
     assert set(verdicts) == set(expected) and not wrong, f"{fixture['what']}: {wrong}"
 
 
-# ---- the checker's own process: confined, whichever way it starts --------------------------------------------
-def confinement_notebook(port: int, secret: Path) -> dict:
-    """An instructor notebook whose one test cell passes only where the checker process is confined."""
+# ---- the runners: confined, whichever way they start; nothing of the judge reaches them ---------------------
+def toy_notebook(answer: str, test: str) -> dict:
+    """An instructor notebook with one answer cell (its code) and one test cell."""
     def cell(grade_id, source, **flags):
         meta = {"grade": False, "grade_id": grade_id, "locked": True, "schema_version": 3, "solution": False,
                 "task": False, **flags}
@@ -272,57 +274,94 @@ def confinement_notebook(port: int, secret: Path) -> dict:
             meta["points"] = 1
         return {"cell_type": "code", "execution_count": None, "metadata": {"nbgrader": meta}, "outputs": [],
                 "source": source}
-    test = f"""
-import os, socket
-assert os.getuid() != 0, "the checker runs as root"
-for path in [{str(REPO / "nbgrader_config.py")!r}, {str(REPO / "source" / "quiz" / "quiz.ipynb")!r}, {str(secret)!r}]:
-    try:
-        open(path).read()
-    except OSError:
-        continue
-    raise AssertionError("read " + path)
-try:
-    socket.create_connection(("127.0.0.1", {port}), timeout=3)
-    raise AssertionError("reached the host's loopback")
-except OSError:
-    pass
-assert len([p for p in os.listdir("/proc") if p.isdigit()]) < 5, "sees the host's processes"
-"""
-    return {"cells": [cell("answer", "### BEGIN SOLUTION\nx = 1\n### END SOLUTION", solution=True, locked=False),
-                      cell("confined", test, grade=True)],
+    return {"cells": [cell("answer", f"### BEGIN SOLUTION\n{answer}\n### END SOLUTION", solution=True, locked=False),
+                      cell("the_test", test, grade=True)],
             "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
             "nbformat": 4, "nbformat_minor": 5}
 
 
+PROBE = """
+def probe(paths, port):
+    import os, socket
+    found = {"uid": os.getuid(), "read": [], "loopback": False, "processes": 0, "environ": dict(os.environ)}
+    for path in paths:
+        try:
+            open(path).read()
+            found["read"].append(path)
+        except OSError:
+            pass
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=3).close()
+        found["loopback"] = True
+    except OSError:
+        pass
+    found["processes"] = len([p for p in os.listdir("/proc") if p.isdigit()])
+    return found
+"""
+
+
 @pytest.mark.skipif(not all(v["active"] for v in sandbox.protections().values()), reason="needs every protection (root)")
 @pytest.mark.parametrize("way", ["server", "fresh interpreter"])
-def test_the_checker_process_is_confined(way, server, tmp_path, monkeypatch):
+def test_a_runner_is_confined(way, server, tmp_path, monkeypatch):
+    """The student's function, called by a check, runs as another user, cannot read the course, the
+    submissions or anything hidden, cannot reach the host's loopback, sees no other process and gets none
+    of the grading process's secrets in its environment."""
     secret = tmp_path / "submissions" / "answers.txt"
     secret.parent.mkdir()
     secret.write_text("42")
     os.chmod(tmp_path, 0o755)
-    monkeypatch.setenv("FTLAB_SANDBOX_HIDE", str(secret.parent))  # as the pipeline hides the submissions
+    monkeypatch.setenv("INSTRUCTOR_TOKEN", "s3cr3t-token")
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
+    paths = [str(REPO / "nbgrader_config.py"), str(REPO / "source" / "quiz" / "quiz.ipynb"), str(secret)]
+    test = f"""
+found = probe({paths!r}, {listener.getsockname()[1]})
+assert found["uid"] != 0, "the runner runs as root"
+assert not found["read"], "read " + ", ".join(found["read"])
+assert not found["loopback"], "reached the host's loopback"
+assert found["processes"] < 5, "sees the host's processes"
+assert "s3cr3t-token" not in str(found["environ"]), "the grading process's environment reached the runner"
+"""
     source = tmp_path / "confined.ipynb"
-    source.write_text(json.dumps(confinement_notebook(listener.getsockname()[1], secret)))
+    source.write_text(json.dumps(toy_notebook(PROBE, test)))
     try:
-        verdicts = check_submission(source, source, server=server if way == "server" else None)
+        verdicts = check_submission(source, source, server=server if way == "server" else None,
+                                    sandbox_settings={"hide": [str(secret.parent)]})
     finally:
         listener.close()
-    assert verdicts["confined"]["passed"], verdicts
+    assert verdicts["the_test"]["passed"], verdicts
 
 
-@pytest.mark.skipif(not checker_server.supported(), reason="the checker server needs Linux")
+@pytest.mark.parametrize("way", ["server", "fresh interpreter"])
+def test_hidden_tests_and_the_key_never_reach_a_runner(way, server, tmp_path):
+    """The student's function searches its whole process (every object gc can find, every string) for the
+    hidden test's text and the instructor's secret: it finds nothing, because the runner never got them."""
+    answer = """
+def search():
+    import gc, sys
+    texts = [o for o in gc.get_objects() if isinstance(o, (str, bytes))]
+    for module in list(sys.modules.values()):
+        texts += [str(v) for v in vars(module).values() if isinstance(v, (str, bytes))]
+    blob = " ".join(t.decode("latin-1") if isinstance(t, bytes) else t for t in texts)
+    return [word for word in ("HIDDEN-SENTINEL-7731", "BEGIN HIDDEN TESTS") if word in blob]
+"""
+    test = "assert search() == [], 'found in the runner: ' + repr(search())\n### BEGIN HIDDEN TESTS\nkey = 'HIDDEN-SENTINEL-7731'\n### END HIDDEN TESTS"
+    source = tmp_path / "secret.ipynb"
+    source.write_text(json.dumps(toy_notebook(answer, test)))
+    verdicts = check_submission(source, source, server=server if way == "server" else None)
+    assert verdicts["the_test"]["passed"], verdicts
+
+
+@pytest.mark.skipif(not fork_server.supported(), reason="the fork server needs Linux")
 def test_the_server_survives_bad_requests_and_a_dead_server_is_not_fatal(server, tmp_path):
-    for junk in (b"", b"GET / HTTP/1.0\r\n\r\n", b"FTLAB-CHECK-1" + b"\xff" * 100):
+    for junk in (b"", b"GET / HTTP/1.0\r\n\r\n", fork_server.MAGIC + b"\xff" * 100):
         with socket.socket(socket.AF_UNIX) as conn:
             conn.connect(server)
             conn.sendall(junk)
     source = json.loads((HOSTILE / "toy_python.ipynb").read_text())
     assert all(v["passed"] for v in verdicts_for(source, "toy_python", tmp_path, server=server).values())
-    missing = str(tmp_path / "no-server.sock")  # e.g. the server died: the check starts a fresh interpreter
+    missing = str(tmp_path / "no-server.sock")  # e.g. the server died: judge and runners start as fresh interpreters
     assert all(v["passed"] for v in verdicts_for(source, "toy_python", tmp_path, server=missing).values())
 
 
@@ -354,23 +393,59 @@ def wait_for(condition, seconds: float) -> bool:
     return condition()
 
 
-@pytest.mark.skipif(not checker_server.supported(), reason="the checker server needs Linux")
-def test_a_check_dies_with_the_process_that_asked_for_it(tmp_path):
-    """Grading killed mid-check (e.g. the per-submission limit): the server's supervisor kills the endless
-    check at once instead of letting it run for its whole cell limit."""
+@pytest.mark.skipif(not fork_server.supported(), reason="the fork server needs Linux")
+def test_a_runner_dies_with_the_judge_that_asked_for_it(tmp_path):
+    """Grading killed mid-call (e.g. the per-submission limit): the judge goes, and the server's supervisors
+    kill the endless runner at once instead of letting it run for its whole limit."""
     submitted = tmp_path / "loop.ipynb"
     submitted.write_text(json.dumps(build_submission(parse_fixture(HOSTILE / "infinite_loop.py"))))
     folder = tmp_path / "server"
     folder.mkdir(mode=0o700)
-    with checker_server.CheckerServer.start(["numpy"], folder) as running:
+    with fork_server.ForkServer.start(["numpy"], folder) as running:
         assert running.wait_ready()
         client = subprocess.Popen(
-            [sys.executable, "-c", "from autograder.checker import check_submission; check_submission("
+            [sys.executable, "-c", "from autograder.judge import check_submission; check_submission("
              f"{str(HOSTILE / 'toy_python.ipynb')!r}, {str(submitted)!r}, timeout=600, cell_timeout=600, "
              f"server={str(running.socket_path)!r})"], start_new_session=True, cwd=REPO)
         try:
-            assert wait_for(lambda: len(descendants(running.process.pid)) >= 2, 60), "no check started"
+            assert wait_for(lambda: len(descendants(running.process.pid)) >= 3, 60), "no runner started"
         finally:
             os.killpg(client.pid, signal.SIGKILL)
             client.wait()
         assert wait_for(lambda: not descendants(running.process.pid), 15), descendants(running.process.pid)
+
+
+FRAME_WALK = '''import signal, sys, timeit
+
+def _forge(frame):
+    """Walk up from any frame to whatever reports verdicts, and report every check as passed."""
+    while frame is not None:
+        for name, value in list(frame.f_globals.items()) + list(frame.f_locals.items()):
+            if callable(value) and name in ("report", "make_reporter", "verdict", "send_line", "check_submission"):
+                try:
+                    value("verdict", passed=True)
+                except Exception:
+                    pass
+        frame = frame.f_back
+
+def _attack(_=timeit.Timer("import sys\\n_forge(sys._getframe())", globals=globals()).timeit(1),
+            __=signal.signal(signal.SIGALRM, lambda number, frame: _forge(frame)),
+            ___=signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)):
+    pass
+'''
+
+
+@pytest.mark.parametrize("assignment", ["quiz", "pytorch_lesson", "keras_lesson"])
+def test_a_blank_notebook_with_one_extra_attack_cell_scores_zero(assignment, server, tmp_path):
+    """Issue 11's attack: a blank submission plus one cell that walks frames (through a standard-library
+    helper, timeit, and a signal handler's frame argument) to the code that reports verdicts. In the old
+    design it scored 10/10 and 12/12; here there is nothing to find in a runner, and the quiz needs none."""
+    from grading import notebook_name, release_notebook
+    nb = release_notebook(assignment)
+    nb["cells"].insert(1, {"cell_type": "code", "metadata": {}, "source": FRAME_WALK, "outputs": [],
+                           "execution_count": None})
+    submitted = tmp_path / "blank_plus_attack.ipynb"
+    submitted.write_text(json.dumps(nb))
+    verdicts = check_submission(REPO / "source" / assignment / notebook_name(assignment), submitted, server=server)
+    assert verdicts and not any(v["passed"] for v in verdicts.values()), \
+        {g: v["message"][:120] for g, v in verdicts.items() if v["passed"]}
