@@ -142,6 +142,22 @@ def load_task(task="target", split="train", per_class=None, seed=0):
     return X, y.astype(np.int64)
 
 
+def augment(images, seed=0):
+    """Data augmentation: a copy of ``images`` (N, H, W, 3) in which each image is turned by a random
+    multiple of 90 degrees and mirrored half of the time (the same copy for the same seed).
+
+    Neither changes how many dots an image holds, so on the dots task (``dissimilar``) every label stays
+    valid and the network sees new variants of its training images for free. (A mirrored L shape is not
+    an L any more: choose augmentations that keep the label of *your* task.)
+    """
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        image = np.rot90(image, k=int(rng.integers(4)))
+        out[i] = image[:, ::-1] if rng.random() < 0.5 else image
+    return out
+
+
 def class_names(task="target"):
     return list(TASKS[task])
 

@@ -16,21 +16,40 @@ def join_histories(first: dict, second: dict) -> tuple[dict, int]:
     return joined, len(first["loss"])
 
 
-def plot_history(history: dict, fine_tune_start: int | None = None, title: str = ""):
-    """Loss and accuracy per epoch; a dashed line marks where fine-tuning starts."""
+def plot_history(history: dict, fine_tune_start: int | None = None, title: str = "", best_epoch: int | None = None):
+    """Loss and accuracy per epoch; a dashed line marks where fine-tuning starts, a star the kept epoch."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         epochs = np.arange(1, len(history[metric]) + 1)
         ax.plot(epochs, history[metric], "o-", label=f"train {metric}")
         if f"val_{metric}" in history:
             ax.plot(epochs, history[f"val_{metric}"], "s-", label=f"validation {metric}")
+            if best_epoch is not None:
+                ax.plot(best_epoch, history[f"val_{metric}"][best_epoch - 1], "*", color="black", markersize=14,
+                        label=f"kept: epoch {best_epoch}")
         if fine_tune_start is not None:
             ax.axvline(fine_tune_start + 0.5, color="gray", linestyle="--", label="start fine-tuning")
         ax.set_xlabel("epoch")
         ax.set_title(metric)
-        ax.legend()
+        ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    plt.show()
+
+
+def compare_histories(histories: dict, title: str = ""):
+    """Training (dotted) and validation (solid) accuracy per epoch of several runs, one colour per run."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for i, (name, history) in enumerate(histories.items()):
+        colour = f"C{i}"
+        epochs = np.arange(1, len(history["accuracy"]) + 1)
+        ax.plot(epochs, history["accuracy"], ":", color=colour)
+        ax.plot(epochs, history["val_accuracy"], "-", color=colour, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title + ("\n" if title else "") + "solid: validation, dotted: training", fontsize=10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     plt.show()
 

@@ -1,8 +1,8 @@
-"""Build submissions from the student version and grade them with the real nbgrader CLI.
+"""Build submissions from the student version and grade them as instructors do (`python -m autograder grade`).
 
     nb = release_notebook("keras_lesson")                    # what students get
     nb = with_answers(nb, {"freeze_all": "def freeze_all(m): ..."})   # a student's answers, by grade_id
-    scores = grade("keras_lesson", {"alice": nb, "bob": other}, tmp_path)
+    scores, messages, out = grade_in_production("keras_lesson", {"alice": nb, "bob": other}, tmp_path)
     scores["alice"]["correct_freeze_all"]  -> (score, max_score)
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import nbformat
 
-from conftest import REPO, make_course, nbgrader
+from conftest import REPO, nbgrader
 
 
 def notebook_name(assignment: str) -> str:
@@ -51,31 +51,6 @@ def solutions(assignment: str) -> dict[str, str]:
     return {grade_id(c): "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
             for c in source_notebook(assignment)["cells"]
             if c.get("metadata", {}).get("nbgrader", {}).get("solution")}
-
-
-def grade(assignment: str, submissions: dict[str, dict | bytes], workdir: Path) -> dict[str, dict[str, tuple]]:
-    """Grade ``{student_id: notebook}`` with nbgrader autograde; returns per-student per-cell scores."""
-    from nbgrader.api import Gradebook
-
-    course = make_course(Path(workdir) / "course", [assignment])
-    nbgrader("generate_assignment", assignment, "--force", cwd=course)
-    name = notebook_name(assignment)
-    for student, nb in submissions.items():
-        folder = course / "submitted" / student / assignment
-        folder.mkdir(parents=True)
-        data = nb if isinstance(nb, bytes) else json.dumps(nb).encode()
-        (folder / name).write_bytes(data)
-    nbgrader("autograde", assignment, "--force", cwd=course, check=False)
-    scores = {}
-    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        for student in submissions:
-            try:
-                sub = gb.find_submission_notebook(name[:-6], assignment, student)
-            except Exception:
-                scores[student] = {}
-                continue
-            scores[student] = {g.name: (g.score, g.max_score) for g in sub.grades}
-    return scores
 
 
 def grade_in_production(assignment: str, submissions: dict[str, dict | bytes], workdir: Path,

@@ -61,6 +61,18 @@ def test_bad_arguments_get_clear_errors():
         data.load_task("target", "holdout")
 
 
+def test_augment_turns_and_mirrors_without_changing_the_dots():
+    X, y = data.load_task("dissimilar", "train", per_class=4)
+    A = data.augment(X, seed=1)
+    assert A.shape == X.shape and A.dtype == X.dtype
+    assert digest(A) == digest(data.augment(X, seed=1)) and digest(A) != digest(data.augment(X, seed=2))
+    for original, copy in zip(X, A):  # each copy is one of the 8 turns and mirror images of its original
+        variants = [np.rot90(original, k) for k in range(4)]
+        variants += [v[:, ::-1] for v in variants]
+        assert any(np.array_equal(copy, v) for v in variants)
+    assert not all(np.array_equal(a, x) for a, x in zip(A, X))
+
+
 def test_own_images_load_with_image_dataset_from_directory(tmp_path):
     data.write_image_folder(tmp_path / "imgs", "target", "train", per_class=3)
     result = run_python(f"""
@@ -68,9 +80,11 @@ def test_own_images_load_with_image_dataset_from_directory(tmp_path):
         ds = keras_tools.load_image_folder({str(tmp_path / "imgs")!r}, batch_size=32)
         X, y = next(iter(ds))
         print(tuple(X.shape), tuple(y.shape), float(X.numpy().min()) >= -1, float(X.numpy().max()) <= 1)
+        print(ds.class_names)
     """)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[-2] == "(15, 96, 96, 3) (15, 5) True True"
+    assert result.stdout.split("\n")[-3:-1] == ["(15, 96, 96, 3) (15, 5) True True",
+                                                "['frame', 'l_shape', 'pentagon', 'semicircle', 'star6']"]
 
 
 def test_own_images_load_with_imagefolder(tmp_path):

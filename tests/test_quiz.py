@@ -1,7 +1,7 @@
 """The quiz (issue 5): format checks, hidden grading, feedback, and no leaked answers.
 
-The pipeline tests grade several students in ONE real `nbgrader autograde` run (module fixture), then
-render their feedback with `nbgrader generate_feedback`. Correct letters are read from the instructor
+The pipeline tests grade several students in ONE production run, `python -m autograder grade` (module
+fixture): the student's kernel sandboxed, the judge's verdicts, the feedback pages. Correct letters are read from the instructor
 notebook (source/quiz), never typed here, except the seed's five, which the issue fixes.
 """
 from __future__ import annotations
@@ -21,12 +21,12 @@ import pytest
 from nbgrader.utils import compute_checksum
 
 from conftest import REPO, nbgrader
-from grading import grade, grade_id, release_notebook, solutions, source_notebook, with_answers
+from grading import grade_id, grade_in_production, release_notebook, solutions, source_notebook, with_answers
 
 from course.checks import quiz as quiz_checks
 
 ASSIGNMENT = "quiz"
-QUESTIONS = range(1, 11)
+QUESTIONS = range(1, 14)
 LETTERS = "ABCD"
 SEED_LETTERS = {1: "A", 2: "A", 3: "C", 4: "D", 5: "B"}  # issue 5: the seed's correct options
 
@@ -119,7 +119,7 @@ def test_a_str_subclass_cannot_fake_a_letter():
 
 # ---------------------------------------------------------------- notebook structure (contract)
 
-def test_ten_questions_each_with_answer_and_test_cell_and_the_seed_letters():
+def test_thirteen_questions_each_with_answer_and_test_cell_and_the_seed_letters():
     cells = cells_by_id(source_notebook(ASSIGNMENT))
     for n in QUESTIONS:
         answer, test = cells[f"answer_q{n}"]["metadata"]["nbgrader"], cells[f"correct_q{n}"]["metadata"]["nbgrader"]
@@ -128,7 +128,7 @@ def test_ten_questions_each_with_answer_and_test_cell_and_the_seed_letters():
     letters = correct_letters()
     assert sorted(letters) == list(QUESTIONS)
     assert {n: letters[n] for n in SEED_LETTERS} == SEED_LETTERS
-    assert len({letters[n] for n in range(6, 11)}) >= 3, "questions 6-10 should not share one correct letter"
+    assert len({letters[n] for n in range(6, 14)}) >= 3, "questions 6-13 should not share one correct letter"
 
 
 def test_each_test_cell_is_self_contained_and_prints_the_solution_before_judging():
@@ -236,7 +236,7 @@ def test_students_get_no_hash_of_an_answer():
         assert "hashlib" not in data, path
 
 
-# ---------------------------------------------------------------- the real nbgrader pipeline
+# ---------------------------------------------------------------- the production grading pipeline
 
 def malformed_answers(letters: dict[int, str]) -> tuple[dict[str, str], dict[int, str]]:
     """One submission with a different kind of malformed answer per question, and what each must score."""
@@ -254,6 +254,9 @@ def malformed_answers(letters: dict[int, str]) -> tuple[dict[str, str], dict[int
         8: ('answer_q8 = "E"', "zero"),
         9: ('answer_q9 = ""', "zero"),
         10: (None, "zero"),                                          # placeholder left in place
+        11: (f'answer_q11 = "{letters[11]}"', "full"),
+        12: (f'answer_q12 = "{wrong(12)}"', "zero"),
+        13: (f'answer_q13 = "  {letters[13].lower()}  "', "full"),  # spaces on both sides, lower case
     }
     code = {f"answer_q{n}": c for n, (c, _) in cases.items() if c is not None}
     return code, {n: outcome for n, (_, outcome) in cases.items()}
@@ -273,12 +276,14 @@ class EqualsAnything(str):
     __hash__ = str.__hash__
 
 format_checks.answer_letter = lambda namespace, question: EqualsAnything("A")
+print("patched format check reads B as A:", format_checks.answer_letter({"answer_q5": "B"}, 5) == "A")
 '''
 
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    """One autograde run: all right, all wrong, malformed, untouched; then their feedback."""
+    """One production grading run (`python -m autograder grade`: sandboxed kernel, the judge's verdicts, feedback
+    pages): all right, all wrong, malformed, untouched, and a student who patches the format check."""
     letters = correct_letters()
     student_nb = release_notebook(ASSIGNMENT)
     wrong = {f"answer_q{n}": f'answer_q{n} = "{LETTERS[(LETTERS.index(L) + 1) % 4]}"' for n, L in letters.items()}
@@ -288,29 +293,20 @@ def graded(tmp_path_factory):
                    "malformed": with_answers(student_nb, malformed),
                    "untouched": student_nb,
                    "tamper": with_answers(student_nb, {**wrong, "answer_q1": TAMPER})}
-    work = tmp_path_factory.mktemp("quiz")
-    scores = grade(ASSIGNMENT, submissions, work)
-    course = work / "course"
-    nbgrader("generate_feedback", ASSIGNMENT, "--force", cwd=course)
-    return {"scores": scores, "course": course, "outcomes": outcomes}
+    scores, messages, out = grade_in_production(ASSIGNMENT, submissions, tmp_path_factory.mktemp("quiz"))
+    return {"scores": scores, "messages": messages, "out": out, "outcomes": outcomes}
 
 
 def quiz_scores(scores: dict, student: str) -> dict[int, tuple]:
     return {n: scores[student][f"correct_q{n}"] for n in QUESTIONS}
 
 
-def autograded_outputs(course: Path, student: str) -> dict[int, str]:
-    """Question number -> everything its test cell showed (stdout and error) when graded."""
-    nb = json.loads((course / "autograded" / student / ASSIGNMENT / "quiz.ipynb").read_text())
-    shown = {}
-    for cell in nb["cells"]:
-        match = re.fullmatch(r"correct_q(\d+)", grade_id(cell) or "")
-        if match:
-            parts = []
-            for out in cell.get("outputs", []):
-                parts.append("".join(out.get("text", "")) + out.get("ename", "") + ": " + out.get("evalue", ""))
-            shown[int(match[1])] = "\n".join(parts)
-    return shown
+def printed_in_feedback(out: Path, student: str) -> str:
+    """What the student's feedback page shows as printed output (the grader's run of each test cell included),
+    not the highlighted source of the cells."""
+    page = (out / "feedback" / f"{student}.html").read_text()
+    outputs = re.findall(r'(?:output_stdout[^"]*"|data-mime-type="text/plain")[^>]*>\s*<pre>(.*?)</pre>', page, re.S)
+    return html.unescape("\n".join(re.sub(r"<[^>]+>", "", o) for o in outputs))
 
 
 def test_all_right_answers_get_full_marks(graded):
@@ -331,7 +327,8 @@ def test_the_untouched_student_notebook_gets_zero(graded):
 def test_a_patched_format_check_earns_nothing(graded):
     scores = quiz_scores(graded["scores"], "tamper")
     assert all(score == 0 for score, _ in scores.values()), scores
-    assert "your answer reads as A" in autograded_outputs(graded["course"], "tamper")[5]  # the patch was active
+    # the patch really ran in the student's kernel (its answer cell printed this), and still earned nothing
+    assert "patched format check reads B as A: True" in printed_in_feedback(graded["out"], "tamper")
 
 
 def test_malformed_answers_are_scored_as_documented(graded):
@@ -341,24 +338,14 @@ def test_malformed_answers_are_scored_as_documented(graded):
 
 
 def test_malformed_answers_are_told_what_is_wrong(graded):
-    shown = autograded_outputs(graded["course"], "malformed")
+    messages = graded["messages"]["malformed"]
     for n, message in MALFORMED_MESSAGES.items():
-        assert "AssertionError" in shown[n] and message in shown[n], (n, shown[n])
+        assert message in messages[f"correct_q{n}"], (n, messages[f"correct_q{n}"])
 
 
-def test_grading_shows_the_worked_solution_whether_right_or_wrong(graded):
+def test_feedback_shows_the_worked_solution_whether_right_or_wrong(graded):
     for student in ("all_right", "all_wrong", "malformed", "untouched"):
-        shown = autograded_outputs(graded["course"], student)
-        for n in QUESTIONS:
-            assert all(line in shown[n] for line in worked_solution(n)), (student, n)
-
-
-def test_feedback_html_contains_each_worked_solution(graded):
-    for student in ("all_right", "all_wrong"):
-        page = (graded["course"] / "feedback" / student / ASSIGNMENT / "quiz.html").read_text()
-        # printed output only (nbconvert's classic or lab template), not the highlighted test source
-        outputs = re.findall(r'(?:output_stdout[^"]*"|data-mime-type="text/plain")[^>]*>\s*<pre>(.*?)</pre>', page, re.S)
-        printed = html.unescape("\n".join(re.sub(r"<[^>]+>", "", o) for o in outputs))
+        printed = printed_in_feedback(graded["out"], student)
         for n in QUESTIONS:
             assert all(line in printed for line in worked_solution(n)), (student, n)
 
