@@ -7,11 +7,12 @@ export PATH := $(BIN):$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 ASSIGNMENTS := $(notdir $(wildcard source/*_lesson source/quiz))
 
-.PHONY: env lab test test-browser release clean-notebooks check-notebooks backbones fetch-imagenet bench bench-memory help
+.PHONY: env lab test test-browser test-lessons-full release clean-notebooks check-notebooks backbones fetch-imagenet bench bench-memory help
 
 help:
 	@echo "make lab              create the environment if missing, start JupyterLab on the course"
 	@echo "make test             create the environment if missing, run the whole test suite"
+	@echo "make test-lessons-full every instructor notebook run by nbval in full (make test: lessons in quick mode)"
 	@echo "make test-browser     the browser and Binder/hub tests only, every lesson fully (about 5 min)"
 	@echo "make release          regenerate release/ from source/ with nbgrader"
 	@echo "make clean-notebooks  strip outputs and execution counts from every notebook"
@@ -34,6 +35,10 @@ lab: env
 
 test: env
 	$(BIN)/python -m pytest
+
+# The instructor notebooks executed by nbval with every experiment (the lessons take minutes each).
+test-lessons-full: env
+	FTLAB_NBVAL_FULL=1 $(BIN)/python -m pytest source
 
 # JupyterLab in headless Chromium (tests/test_browser.py, all of it) and the Binder/hub scripts.
 test-browser: env
