@@ -17,7 +17,9 @@ from pathlib import Path
 
 from autograder.submissions import feedback_name
 
-GRADES_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "reason"]
+GRADES_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "reason",
+                  # issue 16, appended: times in UTC; final_score = max(0, score - late_penalty)
+                  "submitted_at", "due", "seconds_late", "late_penalty", "final_score"]
 CHECKS_COLUMNS = ["student_id", "assignment", "notebook", "check", "score", "max_score", "passed", "judged_by", "message"]
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
@@ -26,6 +28,16 @@ NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 def fmt(x: float | None) -> str:
     return "" if x is None else f"{x:g}"
+
+
+def lateness_cells(lateness, score: float | None) -> list[str]:
+    """The late-submission columns of one grades.csv row (``autograder.lateness.Lateness`` or None)."""
+    if lateness is None:
+        return ["", "", "", "", fmt(score)]
+    final = None if score is None else max(0.0, score - (lateness.penalty or 0.0))
+    times = [t.isoformat(sep=" ") if t is not None else "" for t in (lateness.submitted_at, lateness.due)]
+    late = "" if lateness.seconds_late is None else str(int(round(lateness.seconds_late)))
+    return times + [late, fmt(lateness.penalty), fmt(final)]
 
 
 def neutralise(value) -> str:
@@ -57,7 +69,7 @@ def write_reports(out: Path, assignment: str, rows: list, max_score: float) -> N
         w.writerow(GRADES_COLUMNS)
         for r in rows:
             w.writerow([neutralise(c) for c in (r.student_id, assignment, fmt(r.score), fmt(max_score), r.status,
-                                                r.reason)])
+                                                r.reason, *lateness_cells(getattr(r, "lateness", None), r.score))])
     f, w = _writer(out / "checks.csv")
     with f:
         w.writerow(CHECKS_COLUMNS)
