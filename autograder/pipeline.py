@@ -117,6 +117,8 @@ def build_template(opts: Options, root: Path) -> tuple[Path, float]:
     template = root / "template"
     template.mkdir()
     shutil.copy(opts.course / "nbgrader_config.py", template / "nbgrader_config.py")
+    with open(template / "nbgrader_config.py", "a") as f:  # late penalties: the pipeline's (autograder/lateness.py)
+        f.write("\nc.AssignLatePenalties.plugin_class = 'nbgrader.plugins.LateSubmissionPlugin'\n")
     shutil.copytree(opts.course / "source" / opts.assignment, template / "source" / opts.assignment,
                     ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     done = subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "generate_assignment", opts.assignment,
