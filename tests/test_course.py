@@ -342,3 +342,112 @@ def test_force_needs_into_course(tmp_path):
     done = subprocess.run([sys.executable, "-m", "autograder", "grade", "mini", str(tmp_path), "--out",
                            str(tmp_path / "out"), "--force"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--force only applies with --into-course" in done.stderr
+
+
+# ----------------------------------------------------------------------------- fast checks of the pieces
+@pytest.mark.parametrize("text,minutes", [("90m", 90), ("36h", 36 * 60), ("2d", 2 * 24 * 60), ("1w", 7 * 24 * 60),
+                                          ("1d12h", 36 * 60), (" 1.5h ", 90)])
+def test_extension_durations(text, minutes):
+    from autograder.lateness import parse_duration
+
+    assert parse_duration(text) == datetime.timedelta(minutes=minutes)
+
+
+@pytest.mark.parametrize("text", ["48", "", "two days", "3x", "=1+1", "-2d"])
+def test_junk_durations_are_refused_with_the_rule(text):
+    from autograder.lateness import parse_duration
+
+    with pytest.raises(ValueError, match="90m, 36h, 2d, 1w or 1d12h"):
+        parse_duration(text)
+
+
+def test_extensions_file_keeps_good_lines_and_names_bad_ones(tmp_path):
+    from autograder.lateness import read_extensions
+
+    path = tmp_path / "ext.csv"
+    path.write_text("Student_ID,Extension,Assignment\nalice,2d,quiz\nbob,2d,keras_lesson\ncarol,soon,quiz\n"
+                    "alice,1h,quiz\n\n,1h,\n")
+    found, problems = read_extensions(path, "quiz")
+    assert found == {"alice": datetime.timedelta(hours=1)}
+    assert [p.split(": ", 1)[0] for p in problems] == ["extensions file ext.csv, line 4", "extensions file ext.csv, line 5",
+                                                     "extensions file ext.csv, line 7"]
+    path.write_text("who,when\nalice,2d\n")
+    assert read_extensions(path, "quiz")[0] == {} and "must name the columns" in read_extensions(path, "quiz")[1][0]
+    link = tmp_path / "link.csv"
+    link.symlink_to(path)
+    assert read_extensions(link, "quiz")[0] == {} and "symbolic link" in read_extensions(link, "quiz")[1][0]
+
+
+@pytest.mark.parametrize("content,expected", [
+    ("2025-03-01 13:30:00.000000 UTC", datetime.datetime(2025, 3, 1, 13, 30)),
+    ("2025-03-01 14:30:00 Europe/Paris", datetime.datetime(2025, 3, 1, 13, 30)),
+    ("2025-03-01T13:30:00+00:00", datetime.datetime(2025, 3, 1, 13, 30)),
+    ("", "it is empty"), ("=cmd|' /C calc'!A0", "not a date and time"), (b"\xff\xfe", "codec"),
+    ("x" * 5000, "limit")])
+def test_timestamp_files_as_collect_writes_them_or_a_message(tmp_path, content, expected):
+    from autograder.lateness import timestamp_problem_or_time
+
+    folder = tmp_path / "submitted" / "alice" / "quiz"
+    folder.mkdir(parents=True)
+    (folder / "timestamp.txt").write_bytes(content if isinstance(content, bytes) else content.encode())
+    when, problem = timestamp_problem_or_time(tmp_path, "quiz", "alice")
+    if isinstance(expected, datetime.datetime):
+        assert (when, problem) == (expected, "")
+    else:
+        assert when is None and expected in problem and "counts as on time" in problem, problem
+
+
+def test_no_timestamp_is_no_message_and_a_linked_one_is_not_followed(tmp_path):
+    from autograder.lateness import timestamp_problem_or_time
+
+    (tmp_path / "alice").mkdir()
+    assert timestamp_problem_or_time(tmp_path, "quiz", "alice") == (None, "")
+    (tmp_path / "secret.txt").write_text("2025-03-01 13:30:00 UTC")
+    (tmp_path / "alice" / "timestamp.txt").symlink_to(tmp_path / "secret.txt")
+    when, problem = timestamp_problem_or_time(tmp_path, "quiz", "alice")
+    assert when is None and "symbolic link" in problem
+
+
+def test_penalty_follows_the_courses_nbgrader_setting(tmp_path):
+    from autograder.lateness import Rules, assess, penalty_plugin
+
+    (tmp_path / "nbgrader_config.py").write_text("c = get_config()\nc.LateSubmissionPlugin.penalty_method = 'zero'\n")
+    rules = Rules(due=DUE, plugin=penalty_plugin(tmp_path), extensions={"bob": datetime.timedelta(days=1)})
+    late = assess(rules, "alice", DUE + datetime.timedelta(seconds=1), {"a.ipynb": 4.0, "b.ipynb": 1.5})
+    assert (late.seconds_late, late.penalty) == (1.0, 5.5)  # 'zero': the whole score, notebook by notebook
+    assert assess(rules, "bob", DUE + datetime.timedelta(hours=23), {"a.ipynb": 4.0}).penalty == 0
+    (tmp_path / "late.py").write_text(LATE_PLUGIN.replace("round(total_seconds_late / 3600, 0)", "-3"))
+    (tmp_path / "nbgrader_config.py").write_text("c = get_config()\nc.AssignLatePenalties.plugin_class = 'late.SubMarks'\n")
+    sys.modules.pop("late", None)
+    try:
+        rules.plugin = penalty_plugin(tmp_path)
+    finally:
+        sys.modules.pop("late", None)
+    assert type(rules.plugin).__name__ == "SubMarks" and str(tmp_path) not in sys.path
+    assert assess(rules, "alice", DUE + datetime.timedelta(hours=5), {"a.ipynb": 4.0}).penalty == 0  # kept >= 0
+
+
+def test_roster_problems_are_messages_and_cells_are_neutralised(tmp_path):
+    from autograder.lms import Scores, canvas_rows, moodle_rows, read_roster
+
+    path = tmp_path / "roster.csv"
+    path.write_text("student_id,name,canvas_id,email\nalice,@SUM(A1),11,a@x\nalice,Again,12,\n,Nobody,13,\n"
+                    "bob,Bob,,\n")
+    roster = read_roster(path)
+    assert sorted(roster.people) == ["alice", "bob"] and len(roster.problems) == 2
+    scores = Scores(["quiz"], {"quiz": 10.0}, ["alice", "bob", "carol"],
+                    {("quiz", "alice"): 7.5, ("quiz", "bob"): 3.0, ("quiz", "carol"): 0.0})
+    problems: list[str] = []
+    canvas = canvas_rows(scores, roster, {"quiz": "Quiz 1 (123)"}, problems)
+    assert canvas[0][-1] == "Quiz 1 (123)" and canvas[2][:2] == ["@SUM(A1)", "11"] and len(canvas) == 3
+    assert any("bob: the roster gives no canvas_id" in p for p in problems)
+    assert any("carol is in the gradebook but not in the roster" in p for p in problems)
+    moodle = moodle_rows(scores, roster, {}, [])
+    assert moodle[1][0] == "a@x" and moodle[1][-1] == "7.5" and len(moodle) == 2
+    from autograder.lms import write_csv
+
+    write_csv(tmp_path / "out.csv", canvas)
+    assert "'@SUM(A1)" in (tmp_path / "out.csv").read_text()
+    path.write_text("id,name\n1,x\n")
+    with pytest.raises(ValueError, match="student_id"):
+        read_roster(path)
