@@ -148,7 +148,7 @@ def unchanged(course: Course, student: str, notebooks_digest: str) -> dict | Non
     if not entry or entry.get("digest") != notebooks_digest or "checks" not in entry:
         return None
     autograded = course.folder(course.coursedir.autograded_directory, student)
-    if not all((autograded / name).is_file() for name in course.notebooks) or not in_gradebook(course, student):
+    if not any((autograded / name).is_file() for name in course.notebooks) or not in_gradebook(course, student):
         return None
     return entry
 
@@ -285,41 +285,56 @@ def generate_feedback(course: Course, student: str) -> str:
 def record_run(course: Course, rows: list, jobs: dict[str, Path], digests: dict[str, str], folder: Path,
                rules: late.Rules, due_given: bool, extensions_given: bool) -> None:
     """Write every graded row of a run into the course (regraded ones fully; kept ones: lateness only), set
-    each row's lateness to what the gradebook now says, and remember what was graded."""
-    from nbgrader.api import Gradebook
-
+    each row's lateness to what the gradebook now says, and remember what was graded. A row that cannot be
+    recorded says why in its reason; the others go on."""
     if due_given:
         set_due_date(course, rules.due)
-    no_secret = []
     for row in rows:
         if row.status != "graded":
             continue
         job = jobs.get(row.student_id)
-        before = row.lateness
-        if job is not None:
-            install_files(course, row.student_id, job, exchange_files(folder, course.assignment, row.student_id))
-        with Gradebook(course.db_url) as gb:
-            if job is not None:  # regraded now (else: kept, only the lateness is applied again)
-                record_scores(gb, course, row.student_id, row.checks, f"sqlite:///{job / 'gradebook.db'}")
-            previous = course.state.get(row.student_id, {}).get("penalty")
-            row.lateness = record_lateness(gb, course, row.student_id, rules,
-                                           before.submitted_at if before else None, extensions_given)
-        if before is not None and before.notes:
-            row.lateness.notes = before.notes
-        if job is not None or previous != row.lateness.penalty:
-            problem = generate_feedback(course, row.student_id)
-            if problem:
-                row.reason = "; ".join(x for x in (row.reason, problem) if x)
-        pages = sorted(course.folder(course.coursedir.feedback_directory, row.student_id).glob("*.html"))
-        row.feedback = pages[0] if len(pages) == 1 else row.feedback
-        if not (course.folder(course.coursedir.autograded_directory, row.student_id) / "submission_secret.txt").exists():
-            no_secret.append(row.student_id)
+        try:
+            record_row(course, row, job, folder, rules, extensions_given)
+        except Exception as exc:  # noqa: BLE001 - a damaged job folder or gradebook row: this student only
+            row.reason = "; ".join(x for x in (row.reason, f"not recorded in the course: {type(exc).__name__}: "
+                                                            f"{str(exc)[:200]}") if x)
+            continue
         remember(course, row, digests.get(row.student_id) if job is not None else None)
     save_state(course)
-    if no_secret:
-        log(f"--into-course: {len(no_secret)} submission(s) were not collected through nbgrader's exchange (no "
+    warn_without_secret(course, [r.student_id for r in rows if r.status == "graded"])
+
+
+def record_row(course: Course, row, job: Path | None, folder: Path, rules: late.Rules, extensions_given: bool) -> None:
+    """One graded row into the course: files and scores when it was graded now (``job``), then lateness; the
+    feedback page is made again when either changed."""
+    from nbgrader.api import Gradebook
+
+    before = row.lateness
+    if job is not None:
+        install_files(course, row.student_id, job, exchange_files(folder, course.assignment, row.student_id))
+    with Gradebook(course.db_url) as gb:
+        if job is not None:
+            record_scores(gb, course, row.student_id, row.checks, f"sqlite:///{job / 'gradebook.db'}")
+        row.lateness = record_lateness(gb, course, row.student_id, rules, before.submitted_at if before else None,
+                                       extensions_given)
+    if before is not None:
+        row.lateness.notes = before.notes
+    if job is not None or course.state.get(row.student_id, {}).get("penalty") != row.lateness.penalty:
+        problem = generate_feedback(course, row.student_id)
+        if problem:
+            row.reason = "; ".join(x for x in (row.reason, problem) if x)
+    pages = sorted(course.folder(course.coursedir.feedback_directory, row.student_id).glob("*.html"))
+    row.feedback = pages[0] if len(pages) == 1 else row.feedback
+
+
+def warn_without_secret(course: Course, students: list[str]) -> None:
+    """Students whose autograded folder has no submission_secret.txt: release_feedback would stop on them."""
+    missing = [s for s in students if not (course.folder(course.coursedir.autograded_directory, s)
+                                           / "submission_secret.txt").exists()]
+    if missing:
+        log(f"--into-course: {len(missing)} submission(s) were not collected through nbgrader's exchange (no "
             f"submission_secret.txt); `nbgrader release_feedback` cannot deliver theirs: run it with "
-            f"--CourseDirectory.student_id_exclude={','.join(no_secret)} and hand them OUT/feedback/<id>.html")
+            f"--CourseDirectory.student_id_exclude={','.join(missing)} and hand them OUT/feedback/<id>.html")
 
 
 def install_files(course: Course, student: str, job: Path, extra: dict[str, bytes]) -> None:

@@ -1,5 +1,6 @@
 """What a grading run writes for people and spreadsheets: grades.csv, checks.csv and the failed-submission
-feedback pages. The CSV columns below are the contract with LMS imports: keep them as they are.
+feedback pages. The CSV columns below are the contract with LMS imports: keep them as they are, and add new
+ones only at the end (issue 16 appended the late-submission columns).
 
 Every CSV cell is neutralised the way OWASP's "CSV injection" page asks: a cell that starts with ``=``,
 ``+``, ``-``, ``@``, a tab or a carriage return (or their full-width forms ``＝ ＋ － ＠``) gets a leading

@@ -5,7 +5,8 @@ One small course (the fixture assignment ``mini``, 5 points) goes through: gener
 ``--into-course --due`` run (the due date goes into the gradebook) (alice late, bob on time), a manual score for
 bob through formgrader's HTTP API, a second run (alice changed, carol new, bob unchanged) while formgrader
 still runs, ``nbgrader generate_feedback``, ``release_feedback``, ``nbgrader export`` and the Canvas and
-Moodle exporters. Expected scores come from the fixtures' table (tests/fixtures/expected.json); expected
+Moodle exporters (Canvas through the ``nbgrader`` command; nbgrader's CSV and Moodle through nbgrader's
+ExportApp in this process, to save two interpreter starts). Expected scores come from the fixtures' table (tests/fixtures/expected.json); expected
 penalties from the inputs (timestamp, due date, extension) and the plugin's rule (1 point per hour late).
 """
 from __future__ import annotations
@@ -96,6 +97,30 @@ def gradebook(course: Path) -> dict:
                 "grades": {g.name: (g.auto_score, g.manual_score, g.needs_manual_grade) for g in nb.grades},
                 "comments": {c.name: c.auto_comment for c in nb.comments}}
     return found
+
+
+def export_in_process(course: Path, *argv: str) -> subprocess.CompletedProcess:
+    """nbgrader export's own app (what ``nbgrader export ARGS`` runs), in this process: the same config and
+    plugin loading without one more interpreter start (15-20 s on this loaded machine). Its messages are
+    returned as the stderr of a CompletedProcess, like ``nbgrader``'s."""
+    import logging
+
+    from nbgrader.apps import ExportApp
+
+    messages: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    before = os.getcwd()
+    os.chdir(course)
+    try:
+        app = ExportApp()
+        app.initialize(list(argv))
+        app.log.addHandler(handler)
+        app.start()
+    finally:
+        os.chdir(before)
+        app.log.removeHandler(handler)
+    return subprocess.CompletedProcess(["nbgrader", "export", *argv], 0, "", "\n".join(messages))
 
 
 # ----------------------------------------------------------------------------- formgrader, bounded
@@ -221,7 +246,7 @@ def term(tmp_path_factory):
     clock.lap('generate_feedback')
     found["release"] = nbgrader("release_feedback", "mini", "--CourseDirectory.student_id_exclude=carol", cwd=course)
     clock.lap('release_feedback')
-    nbgrader("export", "--to", str(work / "export.csv"), "--log-level=ERROR", cwd=course)
+    export_in_process(course, "--to", str(work / "export.csv"))
     clock.lap('export')
     (work / "roster.csv").write_text(
         "student_id,name,canvas_id,sis_user_id,email,idnumber\n"
@@ -231,8 +256,8 @@ def term(tmp_path_factory):
         "erin,Erin,104,S-4,erin@uni.example,E4\n")
     found["canvas"] = nbgrader("export", "--exporter=autograder.lms.CanvasExport",
                                f"--LmsExport.roster={work / 'roster.csv'}", "--to", str(work / "canvas.csv"), cwd=course)
-    found["moodle"] = nbgrader("export", "--exporter=autograder.lms.MoodleExport",
-                               f"--LmsExport.roster={work / 'roster.csv'}", "--to", str(work / "moodle.csv"), cwd=course)
+    found["moodle"] = export_in_process(course, "--exporter=autograder.lms.MoodleExport",
+                                        f"--LmsExport.roster={work / 'roster.csv'}", "--to", str(work / "moodle.csv"))
     clock.lap("lms exports")
     return found
 
@@ -451,3 +476,19 @@ def test_roster_problems_are_messages_and_cells_are_neutralised(tmp_path):
     path.write_text("id,name\n1,x\n")
     with pytest.raises(ValueError, match="student_id"):
         read_roster(path)
+
+
+def test_what_the_next_run_would_regrade(term, tmp_path):
+    """After the term: nothing changed, so nothing would be regraded; --force regrades everyone; one changed
+    byte regrades that student only (course_db.plan on the term's course, without grading)."""
+    from autograder import course_db
+    from autograder.submissions import find_submissions
+
+    course = course_db.open_course(term["course"], "mini", template=term["course"])
+    subs = find_submissions(term["course"] / "submitted", "mini", ["mini.ipynb"], copy_to=tmp_path / "a")
+    assert sorted(course_db.plan(course, subs, force=False)[0]) == ["alice", "bob", "carol"]
+    assert course_db.plan(course, subs, force=True)[0] == {}
+    copy = next(s for s in subs if s.student_id == "bob").notebooks["mini.ipynb"]
+    copy.write_bytes(copy.read_bytes().replace(b"YOUR CODE HERE", b"YOUR CODE HERE!", 1))
+    kept, digests = course_db.plan(course, subs, force=False)
+    assert sorted(kept) == ["alice", "carol"] and len(set(digests.values())) == 3
