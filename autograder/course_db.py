@@ -193,9 +193,11 @@ def copy_regular_files(source: Path, dest: Path) -> None:
                 shutil.copyfile(path, target)
 
 
-def exchange_files(folder: Path, assignment: str, student: str) -> dict[str, bytes]:
+def exchange_files(folder: Path | None, assignment: str, student: str) -> dict[str, bytes]:
     """timestamp.txt and submission_secret.txt from the student's collected folder (small regular files
-    only, never followed): ``release_feedback`` needs them beside the feedback."""
+    only, never followed): ``release_feedback`` needs them beside the feedback. None from a .zip."""
+    if folder is None:
+        return {}
     try:
         base = students_folder(folder, assignment) / student
     except Exception:  # noqa: BLE001 - read before; nothing to copy
@@ -282,7 +284,7 @@ def generate_feedback(course: Course, student: str) -> str:
     return "" if result.get("success") else "feedback could not be generated in the course"
 
 
-def record_run(course: Course, rows: list, jobs: dict[str, Path], digests: dict[str, str], folder: Path,
+def record_run(course: Course, rows: list, jobs: dict[str, Path], digests: dict[str, str], folder: Path | None,
                rules: late.Rules, due_given: bool, extensions_given: bool) -> None:
     """Write every graded row of a run into the course (regraded ones fully; kept ones: lateness only), set
     each row's lateness to what the gradebook now says, and remember what was graded. A row that cannot be
@@ -304,7 +306,8 @@ def record_run(course: Course, rows: list, jobs: dict[str, Path], digests: dict[
     warn_without_secret(course, [r.student_id for r in rows if r.status == "graded"])
 
 
-def record_row(course: Course, row, job: Path | None, folder: Path, rules: late.Rules, extensions_given: bool) -> None:
+def record_row(course: Course, row, job: Path | None, folder: Path | None, rules: late.Rules,
+               extensions_given: bool) -> None:
     """One graded row into the course: files and scores when it was graded now (``job``), then lateness; the
     feedback page is made again when either changed."""
     from nbgrader.api import Gradebook

@@ -228,13 +228,17 @@ def notebook_scores(checks: list[dict]) -> dict[str, float]:
     return scores
 
 
-def assess_rows(rules: Rules, folder: Path, assignment: str, rows: list) -> None:
+def assess_rows(rules: Rules, folder: Path | None, assignment: str, rows: list) -> None:
     """Fill each graded row's ``lateness`` (pipeline Rows); why a timestamp.txt could not be used goes into
-    ``lateness.notes`` (``add_notes`` puts it into the row's reason)."""
+    ``lateness.notes`` (``add_notes`` puts it into the row's reason). ``folder`` None: submissions from a .zip,
+    whose other files are not unpacked: no submission time is known."""
+    if folder is None and rules.due is not None:
+        log("late submissions: timestamp.txt files are not read from a .zip (only notebooks are unpacked); "
+            "give the collected folder to apply the due date")
     for row in rows:
         if row.status != "graded":
             continue
-        submitted_at, problem = timestamp_problem_or_time(folder, assignment, row.student_id)
+        submitted_at, problem = timestamp_problem_or_time(folder, assignment, row.student_id) if folder else (None, "")
         row.lateness = assess(rules, row.student_id, submitted_at, notebook_scores(row.checks))
         if problem:
             row.lateness.notes.append(problem)

@@ -341,10 +341,11 @@ def grade(opts: Options) -> int:
                     log(f"[{done}/{len(subs)}] {row.student_id}: {row.status} {fmt(row.score) or '-'}/{fmt(max_score)}"
                         f" ({row.seconds:.1f} s)  elapsed {elapsed:.0f} s, ETA {eta:.0f} s")
         ordered = [rows[s.student_id] for s in subs]
-        late.assess_rows(rules, folder, opts.assignment, ordered)
+        collected = None if opts.submissions.is_file() else folder  # a .zip keeps notebooks only: no timestamp.txt
+        late.assess_rows(rules, collected, opts.assignment, ordered)
         if course is not None:
             course_db.record_run(course, ordered, {s.student_id: Path(job["spec"]["course"]) for s, job in todo},
-                                 digests, folder, rules, opts.due is not None, opts.extensions is not None)
+                                 digests, collected, rules, opts.due is not None, opts.extensions is not None)
         late.add_notes(ordered)
         run_info = {"assignment": opts.assignment, "submissions": len(subs), "jobs": opts.jobs,
                     "max_score": max_score, "protected": opts.protected, "protections": protections,

@@ -4,7 +4,7 @@ nbgrader CLI and the real formgrader server.
 One small course (the fixture assignment ``mini``, 5 points) goes through: generate_assignment, a first
 ``--into-course --due`` run (the due date goes into the gradebook) (alice late, bob on time), a manual score for
 bob through formgrader's HTTP API, a second run (alice changed, carol new, bob unchanged) while formgrader
-still runs, ``nbgrader generate_feedback``, ``release_feedback``, ``nbgrader export`` and the Canvas and
+still runs, formgrader's Generate Feedback, ``nbgrader release_feedback``, ``nbgrader export`` and the Canvas and
 Moodle exporters (Canvas through the ``nbgrader`` command; nbgrader's CSV and Moodle through nbgrader's
 ExportApp in this process, to save two interpreter starts). Expected scores come from the fixtures' table (tests/fixtures/expected.json); expected
 penalties from the inputs (timestamp, due date, extension) and the plugin's rule (1 point per hour late).
@@ -145,11 +145,11 @@ class Formgrader:
             cwd=course, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.base = f"http://127.0.0.1:{self.port}"
 
-    def call(self, method: str, path: str, body: dict | None = None):
+    def call(self, method: str, path: str, body: dict | None = None, timeout: float = 60):
         request = urllib.request.Request(f"{self.base}{path}", method=method, headers={
             "Authorization": f"token {TOKEN}", "Content-Type": "application/json"},
             data=json.dumps(body).encode() if body is not None else None)
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
 
     def wait(self) -> None:
@@ -236,14 +236,15 @@ def term(tmp_path_factory):
         found["second"] = grade(course, work / "out2", "--extensions", str(work / "extensions.csv"))
         found["formgrader_bob"] = server.grade_of("bob", "correct_add")
         found["formgrader_carol"] = server.grade_of("carol", "correct_add")
+        clock.lap("override, second run")
+        # 4. formgrader's "Generate Feedback" button (nbgrader generate_feedback, in the server)
+        found["feedback"] = server.call("POST", "/formgrader/api/assignment/mini/generate_feedback", timeout=280)
     finally:
         server.stop()
-    clock.lap('override, second run, formgrader stop')
+    clock.lap("generate_feedback in formgrader, formgrader stop")
     found["after_second"] = gradebook(course)
 
-    # 4. the instructor's nbgrader commands, unchanged
-    nbgrader("generate_feedback", "mini", "--force", "--log-level=ERROR", cwd=course)
-    clock.lap('generate_feedback')
+    # 5. the instructor's nbgrader commands, unchanged
     found["release"] = nbgrader("release_feedback", "mini", "--CourseDirectory.student_id_exclude=carol", cwd=course)
     clock.lap('release_feedback')
     export_in_process(course, "--to", str(work / "export.csv"))
@@ -335,6 +336,7 @@ def test_only_new_or_changed_submissions_are_regraded(term):
 def test_release_feedback_delivers_through_the_exchange(term):
     from nbgrader.utils import notebook_hash
 
+    assert term["feedback"]["success"], term["feedback"]
     assert term["release"].returncode == 0
     outbound = term["work"] / "exchange" / "fine-tuning-lab" / "feedback"
     for student in ("alice", "bob"):
