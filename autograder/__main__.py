@@ -33,6 +33,15 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--unprotected", action="store_true",
                    help="BENCHMARK ONLY: no sandbox and kernel-reported verdicts (the plain nbgrader trust model)")
     g.add_argument("--keep-temp", action="store_true", help="keep the per-submission courses (for debugging)")
+    c = g.add_argument_group("nbgrader course and late submissions (issue 16)")
+    c.add_argument("--into-course", action="store_true",
+                   help="also record the grades in the course's gradebook.db, autograded/ and feedback/ (formgrader, "
+                        "nbgrader export, release_feedback); regrades only new or changed submissions")
+    c.add_argument("--force", action="store_true", help="with --into-course: regrade unchanged submissions too")
+    c.add_argument("--due", default=None, help="due date, e.g. '2025-03-01 17:00:00 Europe/Paris' (default: the "
+                                               "course gradebook's; with --into-course it is stored there)")
+    c.add_argument("--extensions", type=Path, default=None,
+                   help="CSV with columns student_id,extension[,assignment]; extension like 36h, 2d, 1d12h")
     return p
 
 
@@ -40,7 +49,11 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     opts = Options(assignment=args.assignment, submissions=args.submissions, out=args.out, jobs=args.jobs,
                    course=args.course.resolve(), cell_timeout=args.cell_timeout, submission_timeout=args.timeout,
-                   memory_bytes=args.memory, protected=not args.unprotected, keep_temp=args.keep_temp)
+                   memory_bytes=args.memory, protected=not args.unprotected, keep_temp=args.keep_temp,
+                   into_course=args.into_course, force=args.force, due=args.due, extensions=args.extensions)
+    if args.force and not args.into_course:
+        print("error: --force only applies with --into-course", file=sys.stderr)
+        return 2
     try:
         return grade(opts)
     except InstructorError as exc:

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autograder import sandbox, server as fork_server
+from autograder import course_db, lateness as late, sandbox, server as fork_server
 from autograder.grade_one import PRELOAD, child_main
 from autograder.reports import CHECKS_COLUMNS, GRADES_COLUMNS, fmt, write_reports  # noqa: F401 (the CSV schema)
 from autograder.submissions import InstructorError, Submission, find_submissions, printable, unpack
@@ -56,6 +56,11 @@ class Options:
     protected: bool = True  # sandbox + judge; False only for the benchmark's comparison
     keep_temp: bool = False
     first_uid: int = field(default_factory=first_uid)
+    # issue 16: grade into the course's own gradebook (autograder/course_db.py); late submissions (lateness.py)
+    into_course: bool = False
+    force: bool = False  # --into-course: regrade unchanged submissions too
+    due: str | None = None  # None: the course gradebook's due date
+    extensions: Path | None = None
 
 
 @dataclass
@@ -68,6 +73,7 @@ class Row:
     feedback: Path | None = None
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)
+    lateness: late.Lateness | None = None  # filled for graded rows (autograder/lateness.py)
 
 
 def log(message: str) -> None:
@@ -111,6 +117,8 @@ def build_template(opts: Options, root: Path) -> tuple[Path, float]:
     template = root / "template"
     template.mkdir()
     shutil.copy(opts.course / "nbgrader_config.py", template / "nbgrader_config.py")
+    with open(template / "nbgrader_config.py", "a") as f:  # late penalties: the pipeline's (autograder/lateness.py)
+        f.write("\nc.AssignLatePenalties.plugin_class = 'nbgrader.plugins.LateSubmissionPlugin'\n")
     shutil.copytree(opts.course / "source" / opts.assignment, template / "source" / opts.assignment,
                     ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     done = subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "generate_assignment", opts.assignment,
@@ -297,12 +305,15 @@ def grade(opts: Options) -> int:
             "; verdicts: " + ("the judge" if opts.protected else "student's kernel (nbgrader)")
         log(f"grading {len(subs)} submission(s) of {opts.assignment} with {opts.jobs} job(s); {mode}")
         template, max_score = build_template(opts, root)
-        rows: dict[str, Row] = {}
+        rules = late.load_rules(opts.course, opts.assignment, opts.due, opts.extensions)
+        course = course_db.open_course(opts.course, opts.assignment, template) if opts.into_course else None
+        kept, digests = course_db.plan(course, subs, opts.force) if course else ({}, {})
+        rows: dict[str, Row] = dict(kept)
         todo = []
         for i, sub in enumerate(subs):
             if sub.problem:
                 rows[sub.student_id] = Row(sub.student_id, "failed", reason=sub.problem)
-            else:
+            elif sub.student_id not in kept:
                 todo.append((sub, prepare_job(opts, root, template, sub, i)))
         processes = "fresh interpreters"
         if opts.protected and todo and fork_server.supported():
@@ -330,6 +341,12 @@ def grade(opts: Options) -> int:
                     log(f"[{done}/{len(subs)}] {row.student_id}: {row.status} {fmt(row.score) or '-'}/{fmt(max_score)}"
                         f" ({row.seconds:.1f} s)  elapsed {elapsed:.0f} s, ETA {eta:.0f} s")
         ordered = [rows[s.student_id] for s in subs]
+        collected = None if opts.submissions.is_file() else folder  # a .zip keeps notebooks only: no timestamp.txt
+        late.assess_rows(rules, collected, opts.assignment, ordered)
+        if course is not None:
+            course_db.record_run(course, ordered, {s.student_id: Path(job["spec"]["course"]) for s, job in todo},
+                                 digests, collected, rules, opts.due is not None, opts.extensions is not None)
+        late.add_notes(ordered)
         run_info = {"assignment": opts.assignment, "submissions": len(subs), "jobs": opts.jobs,
                     "max_score": max_score, "protected": opts.protected, "protections": protections,
                     "verdicts": "judge" if opts.protected else "nbgrader",

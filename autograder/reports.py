@@ -1,5 +1,6 @@
 """What a grading run writes for people and spreadsheets: grades.csv, checks.csv and the failed-submission
-feedback pages. The CSV columns below are the contract with LMS imports: keep them as they are.
+feedback pages. The CSV columns below are the contract with LMS imports: keep them as they are, and add new
+ones only at the end (issue 16 appended the late-submission columns).
 
 Every CSV cell is neutralised the way OWASP's "CSV injection" page asks: a cell that starts with ``=``,
 ``+``, ``-``, ``@``, a tab or a carriage return (or their full-width forms ``＝ ＋ － ＠``) gets a leading
@@ -17,7 +18,9 @@ from pathlib import Path
 
 from autograder.submissions import feedback_name
 
-GRADES_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "reason"]
+GRADES_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "reason",
+                  # issue 16, appended: times in UTC; final_score = max(0, score - late_penalty)
+                  "submitted_at", "due", "seconds_late", "late_penalty", "final_score"]
 CHECKS_COLUMNS = ["student_id", "assignment", "notebook", "check", "score", "max_score", "passed", "judged_by", "message"]
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
@@ -26,6 +29,16 @@ NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 def fmt(x: float | None) -> str:
     return "" if x is None else f"{x:g}"
+
+
+def lateness_cells(lateness, score: float | None) -> list[str]:
+    """The late-submission columns of one grades.csv row (``autograder.lateness.Lateness`` or None)."""
+    if lateness is None:
+        return ["", "", "", "", fmt(score)]
+    final = None if score is None else max(0.0, score - (lateness.penalty or 0.0))
+    times = [t.isoformat(sep=" ") if t is not None else "" for t in (lateness.submitted_at, lateness.due)]
+    late = "" if lateness.seconds_late is None else str(int(round(lateness.seconds_late)))
+    return times + [late, fmt(lateness.penalty), fmt(final)]
 
 
 def neutralise(value) -> str:
@@ -57,7 +70,7 @@ def write_reports(out: Path, assignment: str, rows: list, max_score: float) -> N
         w.writerow(GRADES_COLUMNS)
         for r in rows:
             w.writerow([neutralise(c) for c in (r.student_id, assignment, fmt(r.score), fmt(max_score), r.status,
-                                                r.reason)])
+                                                r.reason, *lateness_cells(getattr(r, "lateness", None), r.score))])
     f, w = _writer(out / "checks.csv")
     with f:
         w.writerow(CHECKS_COLUMNS)

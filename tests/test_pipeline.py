@@ -344,9 +344,10 @@ def test_reports_write_neutralised_cells_and_safe_feedback_names(tmp_path):
     write_reports(tmp_path, "mini", rows, 5)
     with open(tmp_path / "grades.csv", newline="", encoding="utf-8") as f:
         grades = list(csv.reader(f))
-    assert grades == [["student_id", "assignment", "score", "max_score", "status", "reason"],
-                      ["alice", "mini", "-1", "5", "graded", "'@evil"],
-                      ["'=HYPERLINK(\"x\",\"y\")\\n", "mini", "", "5", "failed", "'-x \\udcff"]]
+    assert grades == [["student_id", "assignment", "score", "max_score", "status", "reason", "submitted_at", "due",
+                       "seconds_late", "late_penalty", "final_score"],
+                      ["alice", "mini", "-1", "5", "graded", "'@evil", "", "", "", "", "-1"],
+                      ["'=HYPERLINK(\"x\",\"y\")\\n", "mini", "", "5", "failed", "'-x \\udcff", "", "", "", "", ""]]
     with open(tmp_path / "checks.csv", newline="", encoding="utf-8") as f:
         checks = list(csv.reader(f))
     assert checks[1] == ["alice", "mini", "mini.ipynb", "'=c", "-1", "2", "False", "judge", "'=1+1\nmore"]
