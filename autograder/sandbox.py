@@ -132,7 +132,9 @@ def view_plan(spec: dict, inside_uid: int) -> list[tuple[str, str | None, str]]:
                     if path.endswith("passwd") else f"student:x:{inside_uid}:\n")
             steps.append(("data", who + (mine if inside_uid else ""), path))
         elif path == "{keep}":
-            steps += [("rw", os.path.realpath(p), p) for p in spec["keep"] if os.path.isdir(p)]
+            for p in spec["keep"]:  # at the path given and where it really is (a link to /dev/shm)
+                if os.path.isdir(p):
+                    steps += [("rw", os.path.realpath(p), q) for q in dict.fromkeys([p, os.path.realpath(p)])]
         elif path == "{workdir}":
             steps.append(("copy", spec["workdir"], spec["workdir"]))
         else:
@@ -149,7 +151,7 @@ def _is_root() -> bool:
 
 
 def _bwrap_base(root: bool) -> list[str]:
-    base = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--unshare-pid", "--unshare-net",
+    base = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--unshare-pid", "--as-pid-1", "--unshare-net",
             "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     if root:  # no user namespace: the inside step needs these to become the submission's user, then has none
         return base + ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_CHOWN"]
