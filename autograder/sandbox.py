@@ -372,6 +372,10 @@ def group_report(paths) -> dict:
         if peak is not None:
             report["memory_peak_bytes"] = peak
             failures = number("memory.failcnt")
+            try:  # v1: the limit can be reached with failcnt 0 when the out-of-memory killer made room
+                failures = (failures or 0) + int(Path(path, "memory.oom_control").read_text().split("oom_kill ")[1].split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
             try:
                 events = dict(line.split() for line in Path(path, "memory.events").read_text().splitlines())
                 failures = int(events.get("max", 0)) + int(events.get("oom_kill", 0))
