@@ -396,7 +396,7 @@ def remove_group(paths) -> dict:
     import time
     report = group_report(paths)
     for path in paths or ():
-        for _ in range(50):
+        for _ in range(200):  # up to 10 s: a killed process leaves its group when it has been reaped
             try:
                 pids = [int(p) for p in Path(path, "cgroup.procs").read_text().split()]
             except OSError:
