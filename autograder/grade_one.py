@@ -478,7 +478,10 @@ def apply_verdicts(course: Path, job: dict, checks: list[dict], verdicts_by_note
                 cell["outputs"] = ([{"name": "stdout", "output_type": "stream", "text": printed}] if printed else []) + \
                     [{"name": "stdout", "output_type": "stream", "text": text + "\n"}]
             gb.db.commit()
+            mode = autograded.stat().st_mode
+            autograded.chmod(mode | 0o200)  # nbgrader leaves it read-only (0444): only root could write it
             autograded.write_text(json.dumps(nb, indent=1))
+            autograded.chmod(mode)
     return checks
 
 

@@ -134,13 +134,12 @@ def build_template(opts: Options, root: Path) -> tuple[Path, float]:
 
 
 # ----------------------------------------------------------------------------- one job per submission
-def sandbox_settings(opts: Options, job: Path, workdir: Path, uid: int, hide: list[Path]) -> str:
+def sandbox_settings(opts: Options, job: Path, workdir: Path, uid: int, hide: list[Path], groups: list[str]) -> str:
     """Config lines that make nbgrader start the student's kernel through autograder.sandbox."""
-    runtime = job / "runtime"
-    runtime.mkdir()
+    runtime = sandbox.scratch_folder(job / "runtime")  # on tmpfs (/dev/shm): the kernel can write there
     argv = sandbox.wrap([sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
                         workdir=workdir, memory_bytes=opts.memory_bytes, cpu_seconds=opts.submission_timeout,
-                        uid=uid, hide=tuple(hide), keep=(runtime,), give=("{connection_file}",))
+                        uid=uid, hide=tuple(hide), keep=(runtime,), give=("{connection_file}",), cgroups=groups)
     spec_dir = job / "jupyter" / "kernels" / SANDBOX_KERNEL
     spec_dir.mkdir(parents=True)
     (spec_dir / "kernel.json").write_text(json.dumps(
@@ -165,17 +164,20 @@ def prepare_job(opts: Options, root: Path, template: Path, sub: Submission, inde
         settings += f"\nc.Execute.timeout = {int(opts.cell_timeout)}\n"
     uid = opts.first_uid + index
     hide = list(dict.fromkeys([root, Path(opts.course).resolve(), opts.submissions, opts.out]))  # --course too
+    groups = []  # the submission's memory and pids cgroups, shared by its kernel and runners
     if opts.protected:
+        groups = sandbox.submission_group(f"{root.name}-{index:05d}", opts.memory_bytes, sandbox.DEFAULT_PROCESSES)
         workdir = course / "autograded" / sub.student_id / opts.assignment
-        settings += sandbox_settings(opts, job, workdir, uid, hide)
+        settings += sandbox_settings(opts, job, workdir, uid, hide, groups)
     with open(course / "nbgrader_config.py", "a") as f:
         f.write(settings)
     spec = {"course": str(course), "assignment": opts.assignment, "student": sub.student_id,
             "notebooks": sorted(sub.notebooks), "use_judge": opts.protected,
             "judge_timeout": opts.submission_timeout / 2, "cell_timeout": opts.cell_timeout or course_cell_timeout(opts),
-            "sandbox": {"uid": uid, "hide": [str(p) for p in hide], "memory_bytes": opts.memory_bytes}}
+            "sandbox": {"uid": uid, "hide": [str(p) for p in hide], "memory_bytes": opts.memory_bytes,
+                        "cgroups": groups}}
     (job / "job.json").write_text(json.dumps(spec, indent=1))
-    return {"dir": job, "uid": uid, "spec": spec, "hide": [str(p) for p in hide]}
+    return {"dir": job, "uid": uid, "spec": spec, "hide": [str(p) for p in hide], "cgroups": groups}
 
 
 def start_fork_server(opts: Options, root: Path, template: Path) -> fork_server.ForkServer:
@@ -239,6 +241,8 @@ def run_job(opts: Options, job: dict, sub: Submission) -> Row:
     finally:
         if opts.protected and sandbox.protections()["separate_user"]["active"]:
             sandbox.kill_user_processes(job["uid"])
+        job["limits"] = sandbox.remove_group(job["cgroups"])  # what is left of the submission dies here
+        sandbox.remove_scratch(job["dir"] / "runtime")
     seconds = time.monotonic() - start
     if timed_out:
         return Row(sub.student_id, "failed", reason=f"grading took longer than {opts.submission_timeout} s"
@@ -258,6 +262,18 @@ def run_job(opts: Options, job: dict, sub: Submission) -> Row:
 
 
 # ----------------------------------------------------------------------------- outputs
+def submission_limits(opts: Options, todo: list) -> dict | None:
+    """The bounds each submission's sandboxed processes shared, and whose reached them (cgroups)."""
+    if not opts.protected:
+        return None
+    reached = {kind: sorted(sub.student_id for sub, job in todo if (job.get("limits") or {}).get(f"{kind}_limit_reached"))
+               for kind in ("memory", "process")}
+    return {"memory_bytes": opts.memory_bytes, "processes": sandbox.DEFAULT_PROCESSES,
+            "held": {kind: bool(sandbox.cgroup_support()[controller][0]) and all(job["cgroups"] for _, job in todo)
+                     for kind, controller in (("memory", "memory"), ("processes", "pids"))},
+            "memory_limit_reached": reached["memory"], "process_limit_reached": reached["process"]}
+
+
 def mean_steps(timings: list[dict]) -> dict:
     """Mean seconds per grading step over the graded submissions (imports, autograde, judge, feedback)."""
     names = sorted({k for t in timings for k, v in t.items() if v is not None})
@@ -351,6 +367,7 @@ def grade(opts: Options) -> int:
                     "max_score": max_score, "protected": opts.protected, "protections": protections,
                     "verdicts": "judge" if opts.protected else "nbgrader",
                     "judge_processes": processes if opts.protected else None,
+                    "submission_limits": submission_limits(opts, todo),
                     "graded": sum(r.status == "graded" for r in ordered),
                     "failed": sum(r.status == "failed" for r in ordered),
                     "seconds": round(time.monotonic() - start, 2),

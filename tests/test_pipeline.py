@@ -38,9 +38,9 @@ LOOPBACK_PORT = 47613  # the loopback_socket fixture tries to connect here
 CELL_TIMEOUT = "8"
 
 
-def run_cli(*args, cwd: Path) -> subprocess.CompletedProcess:
+def run_cli(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "autograder", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=900, env={**os.environ, **(env or {})})
 
 
 def read_rows(out: Path) -> dict[str, dict]:
@@ -106,7 +106,23 @@ def course(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def batch(course, tmp_path_factory):
+def planted():
+    """A world-readable secret outside every folder the old sandbox hid (a deny-list): /srv as root, the home
+    folder otherwise. The read_outside_view fixture finds it through $FTLAB_PLANTED_SECRET (FTLAB_* reach
+    the kernel) and scores its point only if it can read it."""
+    base = Path("/srv") if os.geteuid() == 0 and os.access("/srv", os.W_OK) else Path.home()
+    folder = base / f"ftlab-planted-{os.getpid()}"
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    secret = folder / "answers.txt"
+    secret.write_text('answer_q2 = "B"\n')
+    os.chmod(secret, 0o644)
+    yield secret
+    shutil.rmtree(folder)
+
+
+@pytest.fixture(scope="module")
+def batch(course, planted, tmp_path_factory):
     work = tmp_path_factory.mktemp("batch")
     submissions = work / "submissions"
     shutil.copytree(FIXTURES / "submissions", submissions)
@@ -116,7 +132,8 @@ def batch(course, tmp_path_factory):
     listener.start()
     try:
         done = run_cli("grade", "mini", str(submissions), "--out", str(work / "out"), "--jobs", "2",
-                       "--course", str(course), "--cell-timeout", CELL_TIMEOUT, "--memory", "2G", cwd=work)
+                       "--course", str(course), "--cell-timeout", CELL_TIMEOUT, "--memory", "2G", cwd=work,
+                       env={"FTLAB_PLANTED_SECRET": str(planted)})
     finally:
         listener.stopped = True
         listener.join()
@@ -217,23 +234,123 @@ def test_run_summary_states_the_protections(batch):
     assert info["graded"] + info["failed"] == len(EXPECTED)
 
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox's user/namespace protections need root")
+# each reach/bounds fixture: what its feedback page prints, and the protection (run.json) that must stop it
+REACH_CLAIMS = [("read_instructor_files", "instructor files", "hidden_files"),
+                ("write_submissions", "write submissions", "hidden_files"),
+                ("read_outside_view", "outside view", "hidden_files"),
+                ("loopback_socket", "loopback", "no_network"), ("unbounded_memory", "memory", "limits"),
+                ("fork_bomb", "processes", "processes_per_submission"),
+                ("memory_children", "memory of children", "memory_per_submission")]
 
 
-@needs_root
-@pytest.mark.parametrize("student,what", [("read_instructor_files", "instructor files"),
-                                          ("write_submissions", "write submissions"),
-                                          ("loopback_socket", "loopback"), ("unbounded_memory", "memory")])
-def test_reach_and_bounds_attacks_are_blocked_in_the_students_kernel(batch, student, what):
-    """The attack code ran in the student's kernel (its printed output is in the feedback) and was stopped."""
-    page = (batch["out"] / "feedback" / f"{student}.html").read_text()
+def assert_reach_blocked(out: Path, student: str, what: str, protection: str) -> None:
+    """The attack code ran in the student's kernel (its printed output is in the feedback) and, where run.json
+    says the protection is active on this host, was stopped."""
+    state = json.loads((out / "run.json").read_text())["protections"][protection]
+    page = (out / "feedback" / f"{student}.html").read_text()
+    assert f"REACH {what}: " in page.replace('LEAK" + "ED', ""), f"the attack did not run: {student}"
+    if not state["active"]:
+        pytest.skip(f"{protection} is not active on this host: {state['how']}")
     assert f"REACH {what}: blocked" in page
     assert f"REACH {what}: LEAKED" not in page
 
 
-@needs_root
+@pytest.mark.parametrize("student,what,protection", REACH_CLAIMS)
+def test_reach_and_bounds_attacks_are_blocked_in_the_students_kernel(batch, student, what, protection):
+    assert_reach_blocked(batch["out"], student, what, protection)
+
+
 def test_nothing_reached_the_hosts_loopback(batch):
+    if not json.loads((batch["out"] / "run.json").read_text())["protections"]["no_network"]["active"]:
+        pytest.skip("no network namespace on this host")
     assert batch["listener"] == []
+
+
+def test_run_json_says_which_submission_limits_held(batch):
+    info = json.loads((batch["out"] / "run.json").read_text())
+    limits, active = info["submission_limits"], info["protections"]
+    assert limits["held"] == {"memory": active["memory_per_submission"]["active"],
+                              "processes": active["processes_per_submission"]["active"]}, info
+    if limits["held"]["memory"]:
+        assert "memory_children" in limits["memory_limit_reached"], limits
+    if limits["held"]["processes"]:
+        assert "fork_bomb" in limits["process_limit_reached"], limits
+
+
+# ---- the same grading as a plain user (issue 12): the README's set-up and command, no root ------------------
+PLAIN_USER = "ftlab-grader"
+AS_PLAIN_USER = r"""
+set -e
+# This machine's interpreter lives below /root (mode 700), where no other user may go: show it to the plain
+# user in this private mount namespace, as a world-readable /usr/bin/python3 would be on another host.
+prefix={prefix}
+if ! setpriv --reuid {user} --regid {user} --init-groups test -x "$prefix/bin"; then
+    hidden=$prefix; while [ "$(dirname "$hidden")" != / ] && ! setpriv --reuid {user} --regid {user} --init-groups test -x "$(dirname "$hidden")"; do hidden=$(dirname "$hidden"); done
+    keep=$(mktemp -d); mount --bind "$prefix" "$keep"
+    mount -t tmpfs -o mode=755,size=1m tmpfs "$hidden"; mkdir -p "$prefix"; mount --move "$keep" "$prefix"
+fi
+exec setpriv --reuid {user} --regid {user} --init-groups env -i HOME={home} USER={user} LANG=C.UTF-8     PATH=/usr/bin:/bin FTLAB_PLANTED_SECRET={planted} bash -c '
+        cd {repo} && make env && export PATH={repo}/.venv/bin:$PATH &&
+        cd {work} && python -m autograder grade mini subs --out out --course course --jobs 2 --cell-timeout 8 --memory 2G'
+"""
+# fork_bomb is left out: without root there is no per-submission process group, and the per-user process
+# limit it then meets counts the grading user's own processes too (README, Known limits)
+PLAIN_STUDENTS = ["reference", "read_outside_view", "loopback_socket"]
+
+
+@pytest.fixture(scope="module")
+def plain_user_run(course, planted, tmp_path_factory):
+    import pwd
+    if os.geteuid() != 0 or not all(shutil.which(t) for t in ("useradd", "userdel", "setpriv", "unshare", "make")):
+        pytest.skip("needs root and useradd, setpriv, unshare, make (CI runs as root)")
+    made = False
+    try:
+        pwd.getpwnam(PLAIN_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", PLAIN_USER], check=True)
+        made = True
+    user = pwd.getpwnam(PLAIN_USER)
+    work = Path(user.pw_dir) / f"ftlab-test-{os.getpid()}"
+    try:
+        shutil.copytree(course, work / "course")
+        for student in PLAIN_STUDENTS:
+            shutil.copytree(FIXTURES / "submissions" / student, work / "subs" / student)
+        subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(work)], check=True)
+        before = snapshot(work / "subs")
+        script = AS_PLAIN_USER.format(prefix=os.path.realpath(sys.base_prefix), user=PLAIN_USER, home=user.pw_dir,
+                                      planted=planted, repo=REPO, work=work)
+        done = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
+                              capture_output=True, text=True, timeout=900)
+        out = tmp_path_factory.mktemp("plain-user") / "out"
+        if (work / "out").exists():
+            shutil.copytree(work / "out", out)
+        yield {"done": done, "out": out, "unchanged": snapshot(work / "subs") == before}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if made:
+            subprocess.run(["userdel", "--remove", PLAIN_USER], capture_output=True)
+
+
+def test_a_plain_user_grades_with_the_same_verdicts_as_root(plain_user_run):
+    done = plain_user_run["done"]
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "Nothing to be done" in done.stdout or "is up to date" in done.stdout, done.stdout  # make env
+    rows = read_rows(plain_user_run["out"])
+    assert sorted(rows) == sorted(PLAIN_STUDENTS)
+    for student in PLAIN_STUDENTS:  # EXPECTED: the rows a root run gives (test_each_fixture_gets_its_...)
+        status, score, reason_word = EXPECTED[student]
+        row = rows[student]
+        assert (row["status"], float(row["score"])) == (status, score), row
+        assert (reason_word in row["reason"]) if reason_word else row["reason"] == "", row
+    assert plain_user_run["unchanged"], "the submitted files changed"
+    info = json.loads((plain_user_run["out"] / "run.json").read_text())
+    assert not info["protections"]["separate_user"]["active"]
+    assert "not root" in info["protections"]["memory_per_submission"]["how"], info["protections"]
+
+
+@pytest.mark.parametrize("student,what,protection", [c for c in REACH_CLAIMS if c[0] in PLAIN_STUDENTS])
+def test_a_plain_users_sandbox_blocks_what_its_host_allows(plain_user_run, student, what, protection):
+    assert_reach_blocked(plain_user_run["out"], student, what, protection)
 
 
 @pytest.fixture(scope="module")

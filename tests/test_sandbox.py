@@ -18,7 +18,12 @@ import pytest
 from autograder import sandbox
 from conftest import REPO
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="user/namespace protections need root")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="a separate user needs root")
+needs_view = pytest.mark.skipif(not sandbox.protections()["hidden_files"]["active"],
+                                reason=sandbox.protections()["hidden_files"]["how"])
+needs_groups = pytest.mark.skipif(not (sandbox.protections()["memory_per_submission"]["active"] and
+                                       sandbox.protections()["processes_per_submission"]["active"]),
+                                  reason=sandbox.protections()["memory_per_submission"]["how"])
 
 
 @pytest.fixture(params=["exec", "fork"])
@@ -109,7 +114,7 @@ def test_runs_as_another_user_in_a_private_copy_of_its_workdir(way, tmp_path):
     assert (work / "given.txt").read_text() == "input" and not (work / "planted").exists()
 
 
-@needs_root
+@needs_view
 def test_cannot_read_course_files_or_hidden_folders(way, tmp_path, secret_folder):
     (tmp_path / "work").mkdir()
     done = sandboxed(f"""
@@ -129,7 +134,7 @@ def test_cannot_read_course_files_or_hidden_folders(way, tmp_path, secret_folder
     assert "course ok" in done.stdout
 
 
-@needs_root
+@needs_view
 def test_cannot_write_to_a_hidden_folder(way, tmp_path, secret_folder):
     (tmp_path / "work").mkdir()
     done = sandboxed(f"""
@@ -144,7 +149,7 @@ def test_cannot_write_to_a_hidden_folder(way, tmp_path, secret_folder):
     assert (secret_folder / "answers.txt").read_text() == "42"
 
 
-@needs_root
+@needs_view
 def test_no_network_not_even_loopback(way, tmp_path):
     import socket
     server = socket.socket()
@@ -224,3 +229,120 @@ def test_no_file_descriptor_beyond_the_standard_three(way, tmp_path):
     """, tmp_path, way)
     assert done.returncode == 0, done.stderr
     assert sorted(int(line.split()[0]) for line in done.stdout.splitlines()) == [0, 1, 2], done.stdout
+
+
+@pytest.fixture
+def planted_outside():
+    """A world-readable secret where a deny-list sandbox (tmpfs over /tmp, the course, named folders) left
+    everything visible: /srv as root, the home folder otherwise."""
+    base = Path("/srv") if os.geteuid() == 0 and os.access("/srv", os.W_OK) else Path.home()
+    folder = base / f"ftlab-planted-unit-{os.getpid()}"
+    folder.mkdir()
+    os.chmod(folder, 0o755)
+    (folder / "answers.txt").write_text("42")
+    os.chmod(folder / "answers.txt", 0o644)
+    yield folder / "answers.txt"
+    import shutil
+    shutil.rmtree(folder)
+
+
+@needs_view
+def test_sees_only_its_allow_list(way, tmp_path, planted_outside):
+    """Nothing is hidden by name: a secret nobody listed, another checkout of the course (/work/main when this
+    machine has one) and this one's source/ are simply not there; the root holds VIEW's paths only."""
+    (tmp_path / "work").mkdir()
+    other = [str(p) for p in Path("/work").glob("*/source/quiz/quiz.ipynb")] if Path("/work").is_dir() else []
+    paths = [str(planted_outside), str(REPO / "source" / "quiz" / "quiz.ipynb"), "/etc/hostname", *other]
+    done = sandboxed(f"""
+        import os
+        for path in {paths!r}:
+            try:
+                open(path).read()
+                print("READ", path)
+            except OSError as e:
+                print("blocked", type(e).__name__)
+        print("ROOT", " ".join(sorted(os.listdir("/"))))
+        print("ETC", " ".join(sorted(os.listdir("/etc"))))
+    """, tmp_path / "work", way)
+    assert done.returncode == 0, done.stderr
+    assert "READ" not in done.stdout and done.stdout.count("blocked") == len(paths), done.stdout
+    allowed = {p.strip("/").split("/")[0] for p, _, _ in sandbox.VIEW if p.startswith("/")} | \
+        {p.strip("/").split("/")[0] for p in (sys.base_prefix, sys.prefix, str(REPO), str(tmp_path))}
+    root = set(done.stdout.split("ROOT ")[1].splitlines()[0].split())
+    assert root <= allowed, root - allowed
+    etc = set(done.stdout.split("ETC ")[1].splitlines()[0].split())
+    assert etc <= {p.split("/")[2] for p, _, _ in sandbox.VIEW if p.startswith("/etc/")}, etc
+
+
+def _hold(code: str, workdir: Path, **kw) -> subprocess.Popen:
+    argv = sandbox.wrap([sys.executable, "-c", textwrap.dedent(code)], workdir=workdir, **kw)
+    return subprocess.Popen(argv, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@needs_groups
+@pytest.mark.parametrize("way", ["exec", "fork"])
+def test_one_submission_shares_one_memory_budget_tmpfs_included(way, tmp_path):
+    """The kernel and a runner of one submission (two processes, two uids, each far below its own address
+    space limit) share the submission's memory group: 300 MB held by one plus 300 MB written to the other's
+    private /tmp (tmpfs) do not fit in 512 MB, and the out-of-memory killer ends the holder."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    group = sandbox.submission_group(f"test-{os.getpid()}-mem", 512 * 2**20, 64)
+    try:
+        kw = dict(memory_bytes=4 * 2**30, cgroups=group)
+        holder = _hold("""
+            hog = bytearray(300 * 2**20)
+            print("holding", flush=True)
+            import time; time.sleep(30)
+        """, tmp_path / "a", uid=61101, **kw)
+        assert holder.stdout.readline().strip() == "holding", holder.stderr.read()
+        writer = sandboxed("""
+            with open("/tmp/hog", "wb") as f:
+                for _ in range(300):
+                    f.write(b"x" * 2**20)
+            print("wrote 300 MB to /tmp")
+        """, tmp_path / "b", way, uid=61102, **kw)
+        try:
+            holder.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
+            pytest.fail(f"both held 600 MB under a 512 MB limit: {writer.stdout} {writer.stderr[-500:]}")
+        finally:
+            holder.stdout.close()
+            holder.stderr.close()
+        assert holder.returncode in (-9, 137) or "wrote" not in writer.stdout, (holder.returncode, writer.stdout)
+        assert sandbox.group_report(group)["memory_limit_reached"]
+    finally:
+        sandbox.remove_group(group)
+
+
+@needs_groups
+@pytest.mark.parametrize("way", ["exec", "fork"])
+def test_one_submission_shares_one_process_budget(way, tmp_path):
+    """Two processes of one submission, as two uids with a generous per-uid limit, share its pids group."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    group = sandbox.submission_group(f"test-{os.getpid()}-pids", 2**30, 30)
+    fork_some = """
+        import os, time
+        children = 0
+        try:
+            for _ in range(25):
+                if os.fork() == 0:
+                    time.sleep(30); os._exit(0)
+                children += 1
+        except OSError:
+            pass
+        print("forked", children, flush=True)
+    """
+    try:
+        first = _hold(fork_some + "    time.sleep(30)\n", tmp_path / "a", uid=61201, processes=1000, cgroups=group)
+        assert first.stdout.readline().split() == ["forked", "25"], first.stderr.read()
+        second = sandboxed(fork_some, tmp_path / "b", way, uid=61202, processes=1000, cgroups=group)
+        line = second.stdout.split()
+        assert line[:1] == ["forked"] and int(line[1]) < 25, (line, second.stderr[-500:])
+        first.kill()
+        assert sandbox.group_report(group)["process_limit_reached"]
+    finally:
+        sandbox.remove_group(group)
