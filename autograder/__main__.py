@@ -1,4 +1,4 @@
-"""Command line: ``python -m autograder grade ASSIGNMENT SUBMISSIONS --out OUT [--jobs N]``."""
+"""Command line: ``python -m autograder grade ASSIGNMENT SUBMISSIONS --out OUT [--jobs N | --cluster ADDRESS]``."""
 from __future__ import annotations
 
 import argparse
@@ -33,6 +33,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--unprotected", action="store_true",
                    help="BENCHMARK ONLY: no sandbox and kernel-reported verdicts (the plain nbgrader trust model)")
     g.add_argument("--keep-temp", action="store_true", help="keep the per-submission courses (for debugging)")
+    g.add_argument("--cluster", metavar="ADDRESS", default=None,
+                   help="grade on the dask workers of this running scheduler, e.g. tcp://10.0.0.5:8786 (--jobs is "
+                        "then ignored: each worker grades as many submissions at once as it has threads)")
     return p
 
 
@@ -40,7 +43,8 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     opts = Options(assignment=args.assignment, submissions=args.submissions, out=args.out, jobs=args.jobs,
                    course=args.course.resolve(), cell_timeout=args.cell_timeout, submission_timeout=args.timeout,
-                   memory_bytes=args.memory, protected=not args.unprotected, keep_temp=args.keep_temp)
+                   memory_bytes=args.memory, protected=not args.unprotected, keep_temp=args.keep_temp,
+                   cluster=args.cluster)
     try:
         return grade(opts)
     except InstructorError as exc:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 
 STARTED = time.perf_counter()
+EXECUTE_SECONDS = {"kernel_start": 0.0, "cells": 0.0}  # inside nbgrader's autograde (CappedExecute)
 
 # Output kept from the student's kernel, in bytes (issue 12): nbgrader's LimitOutput counts lines only, and a
 # 200 MB print in one line made a 200 MB feedback page. Text beyond the cap is cut with a marker
@@ -187,10 +188,12 @@ def output_cap_classes():
             self._monitor = None
             self._context = zmq.asyncio.Context()
             self._context.setsockopt(zmq.MAXMSGSIZE, OUTPUT_MESSAGE_BYTES)
+            self._started, self._ready = time.perf_counter(), None
             try:
                 return super().preprocess(nb, resources, km)
             finally:
                 self._context.destroy(linger=0)
+                EXECUTE_SECONDS["cells"] += time.perf_counter() - (self._ready or self._started)
 
         def create_kernel_manager(self):
             km = super().create_kernel_manager()
@@ -201,6 +204,8 @@ def output_cap_classes():
         async def async_start_new_kernel_client(self):
             kc = await super().async_start_new_kernel_client()
             self._monitor = kc.iopub_channel.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self._ready = time.perf_counter()
+            EXECUTE_SECONDS["kernel_start"] += self._ready - self._started
             return kc
 
         start_new_kernel_client = run_sync(async_start_new_kernel_client)
@@ -503,6 +508,7 @@ def grade(job: dict, timings: dict) -> dict:
         fixed = test_cell_changes(submitted, release) + restore_nbgrader_metadata(submitted, release)
         if fixed:
             notes.append(f"{name}: " + ", ".join(fixed))
+    timings["restore"] = time.perf_counter()
     judging = Judging(course, job) if job["use_judge"] else None
     result = api.autograde(job["assignment"], job["student"], force=True, create=True)
     if not result.get("success"):
@@ -571,6 +577,9 @@ def main(job_file: str) -> int:
     result["timings"]["imports"] = round(marks[0][1] - STARTED, 3) if marks else None
     if result.get("judge_seconds") is not None:  # the judge's own time, alongside the kernel's run
         result["timings"]["judge"] = result.pop("judge_seconds")
+    if "autograde" in result["timings"]:  # autograde = kernel start + cells + nbgrader's own steps
+        inside = {k: round(v, 3) for k, v in EXECUTE_SECONDS.items()}
+        result["timings"].update(inside, gradebook=round(result["timings"]["autograde"] - sum(inside.values()), 3))
     (job_path.parent / "result.json").write_text(json.dumps(result, indent=1))
     return 0
 
