@@ -43,8 +43,8 @@ from pathlib import Path
 from distributed import WorkerPlugin
 
 from autograder import server as fork_server
-from autograder.pipeline import (Options, Progress, Row, grading_processes, grading_settings, log, prepare_job,
-                                 run_job, start_fork_server)
+from autograder.pipeline import (Options, Progress, Row, grading_settings, log, prepare_job, run_job,
+                                 start_fork_server, warm_grading_processes)
 from autograder.submissions import InstructorError, Submission
 
 STARTED_TOPIC = "ftlab-grading-started"  # worker events: which worker started which submission
@@ -116,7 +116,7 @@ class GradingPlugin(WorkerPlugin):
                 self.processes = "forked by the fork server"
             except (OSError, RuntimeError) as error:  # slower, equally safe
                 log(f"the fork server did not start ({str(error)[:200]}): fresh interpreters on this worker")
-        grading_processes()  # the grading processes' own fork server (nbgrader imported once per worker)
+        warm_grading_processes(self.template)  # the grading processes' fork server: nbgrader warm, once per worker
 
     def teardown(self, worker) -> None:
         if self.server is not None:

@@ -104,7 +104,8 @@ def thread_settings(jobs: int) -> dict:
 
 def nbgrader_env() -> dict:
     bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    env = {k: v for k, v in os.environ.items() if k != "FTLAB_WARM_COURSE"}  # for the fork server only
+    return {**env, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
 
 
 def build_template(opts: Options, root: Path) -> tuple[Path, float]:
@@ -134,6 +135,8 @@ def sandbox_settings(opts: Options, job: Path, workdir: Path, uid: int, hide: li
     argv = sandbox.wrap([sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
                         workdir=workdir, memory_bytes=opts.memory_bytes, cpu_seconds=opts.submission_timeout,
                         uid=uid, hide=tuple(hide), keep=(runtime,), give=("{connection_file}",))
+    if shutil.which("setpriv"):  # the kernel's sandbox dies with its grading process (a killed dask worker's too)
+        argv = [shutil.which("setpriv"), "--pdeathsig", "KILL", *argv]
     spec_dir = job / "jupyter" / "kernels" / SANDBOX_KERNEL
     spec_dir.mkdir(parents=True)
     (spec_dir / "kernel.json").write_text(json.dumps(
@@ -167,7 +170,8 @@ def prepare_job(opts: Options, root: Path, template: Path, sub: Submission, inde
     spec = {"course": str(course), "assignment": opts.assignment, "student": sub.student_id,
             "notebooks": sorted(sub.notebooks), "use_judge": opts.protected,
             "judge_timeout": opts.submission_timeout / 2, "cell_timeout": opts.cell_timeout or course_cell_timeout(opts),
-            "sandbox": {"uid": uid, "hide": [str(p) for p in hide], "memory_bytes": opts.memory_bytes}}
+            "sandbox": {"uid": uid, "hide": [str(p) for p in hide], "memory_bytes": opts.memory_bytes},
+            "template_cache": str(root / "template-cache")}  # compiled feedback templates, shared by the run's jobs
     (job / "job.json").write_text(json.dumps(spec, indent=1))
     return {"dir": job, "uid": uid, "spec": spec, "hide": [str(p) for p in hide],
             "course_copy": time.perf_counter() - started}
@@ -209,9 +213,27 @@ def grading_processes():
     (forked from it), without paying nbgrader's import time (seconds) again."""
     if not _PROCESSES:
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(PRELOAD)
+        context.set_forkserver_preload(PRELOAD + ["autograder.warm"])
         _PROCESSES.append(context)
     return _PROCESSES[0]
+
+
+def warm_grading_processes(template: Path) -> threading.Thread:
+    """Start the grading processes' fork server now, in the background, warmed up on ``template``
+    (``autograder.warm``: nbgrader's first-use costs paid once, not by every submission)."""
+    from autograder.warm import WARM_VARIABLE
+
+    os.environ[WARM_VARIABLE] = str(template)  # read (and removed) by the fork server when it starts
+
+    def start() -> None:
+        process = grading_processes().Process(target=time.sleep, args=(0,))
+        process.start()
+        os.environ.pop(WARM_VARIABLE, None)
+        process.join()
+
+    thread = threading.Thread(target=start, daemon=True)
+    thread.start()
+    return thread
 
 
 def run_job(opts: Options, job: dict, sub: Submission) -> Row:
@@ -289,6 +311,7 @@ class Progress:
 
 def grade_here(opts: Options, root: Path, template: Path, gradable: list, progress: Progress) -> dict:
     """Grade on this machine: ``opts.jobs`` grading processes at once, one fork server for the run."""
+    warm_grading_processes(template)
     todo = [(sub, prepare_job(opts, root, template, sub, i)) for i, sub in gradable]
     processes, server = "fresh interpreters", None
     if opts.protected and todo and fork_server.supported():
