@@ -1,4 +1,4 @@
-"""Command line: ``python -m autograder grade ASSIGNMENT SUBMISSIONS --out OUT [--jobs N]``."""
+"""Command line: ``python -m autograder grade ASSIGNMENT SUBMISSIONS --out OUT [--jobs N | --cluster ADDRESS]``."""
 from __future__ import annotations
 
 import argparse
@@ -42,6 +42,9 @@ def parser() -> argparse.ArgumentParser:
                                                "course gradebook's; with --into-course it is stored there)")
     c.add_argument("--extensions", type=Path, default=None,
                    help="CSV with columns student_id,extension[,assignment]; extension like 36h, 2d, 1d12h")
+    g.add_argument("--cluster", metavar="ADDRESS", default=None,
+                   help="grade on the dask workers of this running scheduler, e.g. tcp://10.0.0.5:8786 (--jobs is "
+                        "then ignored: each worker grades as many submissions at once as it has threads)")
     return p
 
 
@@ -50,9 +53,13 @@ def main(argv=None) -> int:
     opts = Options(assignment=args.assignment, submissions=args.submissions, out=args.out, jobs=args.jobs,
                    course=args.course.resolve(), cell_timeout=args.cell_timeout, submission_timeout=args.timeout,
                    memory_bytes=args.memory, protected=not args.unprotected, keep_temp=args.keep_temp,
-                   into_course=args.into_course, force=args.force, due=args.due, extensions=args.extensions)
+                   into_course=args.into_course, force=args.force, due=args.due, extensions=args.extensions,
+                   cluster=args.cluster)
     if args.force and not args.into_course:
         print("error: --force only applies with --into-course", file=sys.stderr)
+        return 2
+    if args.into_course and args.cluster:
+        print("error: --into-course records into this machine's course: grade without --cluster", file=sys.stderr)
         return 2
     try:
         return grade(opts)

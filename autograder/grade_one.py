@@ -20,6 +20,7 @@ from pathlib import Path
 
 
 STARTED = time.perf_counter()
+EXECUTE_SECONDS = {"kernel_start": 0.0, "cells": 0.0}  # inside nbgrader's autograde (CappedExecute)
 
 # Output kept from the student's kernel, in bytes (issue 12): nbgrader's LimitOutput counts lines only, and a
 # 200 MB print in one line made a 200 MB feedback page. Text beyond the cap is cut with a marker
@@ -187,10 +188,12 @@ def output_cap_classes():
             self._monitor = None
             self._context = zmq.asyncio.Context()
             self._context.setsockopt(zmq.MAXMSGSIZE, OUTPUT_MESSAGE_BYTES)
+            self._started, self._ready = time.perf_counter(), None
             try:
                 return super().preprocess(nb, resources, km)
             finally:
                 self._context.destroy(linger=0)
+                EXECUTE_SECONDS["cells"] += time.perf_counter() - (self._ready or self._started)
 
         def create_kernel_manager(self):
             km = super().create_kernel_manager()
@@ -201,6 +204,8 @@ def output_cap_classes():
         async def async_start_new_kernel_client(self):
             kc = await super().async_start_new_kernel_client()
             self._monitor = kc.iopub_channel.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self._ready = time.perf_counter()
+            EXECUTE_SECONDS["kernel_start"] += self._ready - self._started
             return kc
 
         start_new_kernel_client = run_sync(async_start_new_kernel_client)
@@ -495,8 +500,34 @@ def autograde_error(result: dict) -> str:
     return (lines[-1:] or ["unknown error"])[0][:300]
 
 
+def cache_compiled_templates(folder: str | None) -> None:
+    """Keep nbconvert's compiled Jinja templates in ``folder`` (jinja2's bytecode cache, checked against each
+    template's source): every exporter compiles the feedback page's nine templates again, about half of a
+    feedback page's time; with the cache only a run's first page compiles them. ``folder`` is the run's private
+    folder (the grading user's, hidden from the sandbox)."""
+    if not folder:
+        return
+    from jinja2 import FileSystemBytecodeCache
+    from nbconvert.exporters.templateexporter import TemplateExporter
+
+    create = TemplateExporter._create_environment
+    if getattr(create, "cached_in", None) == folder:
+        return
+    Path(folder).mkdir(mode=0o700, exist_ok=True)
+    cache = FileSystemBytecodeCache(folder)
+
+    def create_with_cache(self):
+        environment = create(self)
+        environment.bytecode_cache = cache
+        return environment
+
+    create_with_cache.cached_in = folder
+    TemplateExporter._create_environment = create_with_cache
+
+
 def grade(job: dict, timings: dict) -> dict:
     course = Path(job["course"])
+    cache_compiled_templates(job.get("template_cache"))
     api = _load_api(course, set_aside_tests=job["use_judge"])
     timings["start"] = time.perf_counter()
     notes = []
@@ -506,6 +537,7 @@ def grade(job: dict, timings: dict) -> dict:
         fixed = test_cell_changes(submitted, release) + restore_nbgrader_metadata(submitted, release)
         if fixed:
             notes.append(f"{name}: " + ", ".join(fixed))
+    timings["restore"] = time.perf_counter()
     judging = Judging(course, job) if job["use_judge"] else None
     result = api.autograde(job["assignment"], job["student"], force=True, create=True)
     if not result.get("success"):
@@ -542,12 +574,26 @@ PRELOAD = ["nbgrader.apps", "nbgrader.api", "nbgrader.converters", "nbconvert.ex
            "nbclient", "traitlets.config.loader", "autograder.grade_one"]  # imported once by the fork server
 
 
+def die_with_parent() -> None:
+    """Linux: this grading process is killed when the process that forked it ends (the pipeline's, or a dask
+    worker's, fork server: it ends with the worker), so a killed worker leaves no grading running."""
+    import ctypes
+    import os
+    import signal
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent was already gone
+            os._exit(1)
+
+
 def child_main(job_file: str, env: dict, cwd: str, log_path: str) -> None:
     """Entry point of a child forked by the pipeline's fork server: its own session, log, environment."""
     import os
     import tempfile
 
     os.setsid()
+    die_with_parent()
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -574,6 +620,9 @@ def main(job_file: str) -> int:
     result["timings"]["imports"] = round(marks[0][1] - STARTED, 3) if marks else None
     if result.get("judge_seconds") is not None:  # the judge's own time, alongside the kernel's run
         result["timings"]["judge"] = result.pop("judge_seconds")
+    if "autograde" in result["timings"]:  # autograde = kernel start + cells + nbgrader's own steps
+        inside = {k: round(v, 3) for k, v in EXECUTE_SECONDS.items()}
+        result["timings"].update(inside, gradebook=round(result["timings"]["autograde"] - sum(inside.values()), 3))
     (job_path.parent / "result.json").write_text(json.dumps(result, indent=1))
     return 0
 

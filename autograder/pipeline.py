@@ -61,6 +61,7 @@ class Options:
     force: bool = False  # --into-course: regrade unchanged submissions too
     due: str | None = None  # None: the course gradebook's due date
     extensions: Path | None = None
+    cluster: str | None = None  # a dask scheduler's address: grade there (autograder/cluster.py)
 
 
 @dataclass
@@ -109,7 +110,8 @@ def thread_settings(jobs: int) -> dict:
 
 def nbgrader_env() -> dict:
     bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    env = {k: v for k, v in os.environ.items() if k != "FTLAB_WARM_COURSE"}  # for the fork server only
+    return {**env, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
 
 
 def build_template(opts: Options, root: Path) -> tuple[Path, float]:
@@ -140,6 +142,8 @@ def sandbox_settings(opts: Options, job: Path, workdir: Path, uid: int, hide: li
     argv = sandbox.wrap([sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
                         workdir=workdir, memory_bytes=opts.memory_bytes, cpu_seconds=opts.submission_timeout,
                         uid=uid, hide=tuple(hide), keep=(runtime,), give=("{connection_file}",), cgroups=groups)
+    if shutil.which("setpriv"):  # the kernel's sandbox dies with its grading process (a killed dask worker's too)
+        argv = [shutil.which("setpriv"), "--pdeathsig", "KILL", *argv]
     spec_dir = job / "jupyter" / "kernels" / SANDBOX_KERNEL
     spec_dir.mkdir(parents=True)
     (spec_dir / "kernel.json").write_text(json.dumps(
@@ -165,6 +169,7 @@ def prepare_job(opts: Options, root: Path, template: Path, sub: Submission, inde
     uid = opts.first_uid + index
     hide = list(dict.fromkeys([root, Path(opts.course).resolve(), opts.submissions, opts.out]))  # --course too
     groups = []  # the submission's memory and pids cgroups, shared by its kernel and runners
+    started = time.perf_counter()
     if opts.protected:
         groups = sandbox.submission_group(f"{root.name}-{index:05d}", opts.memory_bytes, sandbox.DEFAULT_PROCESSES)
         workdir = course / "autograded" / sub.student_id / opts.assignment
@@ -175,9 +180,11 @@ def prepare_job(opts: Options, root: Path, template: Path, sub: Submission, inde
             "notebooks": sorted(sub.notebooks), "use_judge": opts.protected,
             "judge_timeout": opts.submission_timeout / 2, "cell_timeout": opts.cell_timeout or course_cell_timeout(opts),
             "sandbox": {"uid": uid, "hide": [str(p) for p in hide], "memory_bytes": opts.memory_bytes,
-                        "cgroups": groups}}
+                        "cgroups": groups},
+            "template_cache": str(root / "template-cache")}  # compiled feedback templates, shared by the run's jobs
     (job / "job.json").write_text(json.dumps(spec, indent=1))
-    return {"dir": job, "uid": uid, "spec": spec, "hide": [str(p) for p in hide], "cgroups": groups}
+    return {"dir": job, "uid": uid, "spec": spec, "hide": [str(p) for p in hide], "cgroups": groups,
+            "course_copy": time.perf_counter() - started}
 
 
 def start_fork_server(opts: Options, root: Path, template: Path) -> fork_server.ForkServer:
@@ -216,9 +223,27 @@ def grading_processes():
     (forked from it), without paying nbgrader's import time (seconds) again."""
     if not _PROCESSES:
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(PRELOAD)
+        context.set_forkserver_preload(PRELOAD + ["autograder.warm"])
         _PROCESSES.append(context)
     return _PROCESSES[0]
+
+
+def warm_grading_processes(template: Path) -> threading.Thread:
+    """Start the grading processes' fork server now, in the background, warmed up on ``template``
+    (``autograder.warm``: nbgrader's first-use costs paid once, not by every submission)."""
+    from autograder.warm import WARM_VARIABLE
+
+    os.environ[WARM_VARIABLE] = str(template)  # read (and removed) by the fork server when it starts
+
+    def start() -> None:
+        process = grading_processes().Process(target=time.sleep, args=(0,))
+        process.start()
+        os.environ.pop(WARM_VARIABLE, None)
+        process.join()
+
+    thread = threading.Thread(target=start, daemon=True)
+    thread.start()
+    return thread
 
 
 def run_job(opts: Options, job: dict, sub: Submission) -> Row:
@@ -252,13 +277,73 @@ def run_job(opts: Options, job: dict, sub: Submission) -> Row:
         return Row(sub.student_id, "failed", reason=f"grading process ended with code {proc.exitcode}",
                    seconds=seconds)
     result = json.loads(result_file.read_text())
+    timings = {**(result.get("timings") or {}), "course_copy": round(job.get("course_copy", 0.0), 3)}
     row = Row(sub.student_id, result["status"], reason=result["reason"], checks=result["checks"], seconds=seconds,
-              timings=result.get("timings") or {})
+              timings=timings)
     if row.status == "graded":
         row.score = sum(c["score"] for c in row.checks)
         feedback = sorted((Path(job["spec"]["course"]) / "feedback" / sub.student_id / opts.assignment).glob("*.html"))
         row.feedback = feedback[0] if len(feedback) == 1 else None
     return row
+
+
+# ----------------------------------------------------------------------------- grading the jobs
+STEP_NAMES = {  # run.json: what each key of mean_step_seconds measures (seconds per graded submission)
+    "course_copy": "copying the template course (config, source, release, gradebook) for the submission",
+    "imports": "the grading process's start until its first step (nbgrader is imported by the fork server)",
+    "restore": "checking and restoring the submission's nbgrader metadata and test cells",
+    "autograde": "nbgrader autograde in all: kernel start, cells, and nbgrader's own steps",
+    "kernel_start": "starting the sandboxed kernel (part of autograde)",
+    "cells": "running the notebook's cells in the kernel, test cells set aside (part of autograde)",
+    "gradebook": "nbgrader's steps around the run: cells restored, gradebook rows (autograde minus the two above)",
+    "judge": "the judge's own time: it runs alongside the kernel",
+    "judge_wait": "the wait for the judge's verdicts after the kernel finished, and writing them",
+    "feedback": "rendering the feedback page",
+}
+
+
+class Progress:
+    """The progress line with an ETA, for local jobs and cluster workers alike; records each row."""
+
+    def __init__(self, total: int, done: int, max_score: float, rows: dict):
+        self.total, self.done, self.max_score, self.rows = total, done, max_score, rows
+        self.first, self.start, self.lock = done, time.monotonic(), threading.Lock()
+
+    def record(self, sub: Submission, row: Row, where: str = "") -> None:
+        if row.status == "graded" and sub.notes:
+            row.reason = "; ".join(sub.notes + ([row.reason] if row.reason else []))
+        with self.lock:
+            self.rows[row.student_id] = row
+            self.done += 1
+            elapsed = time.monotonic() - self.start
+            eta = elapsed / max(self.done - self.first, 1) * (self.total - self.done)
+            log(f"[{self.done}/{self.total}] {row.student_id}: {row.status} {fmt(row.score) or '-'}/"
+                f"{fmt(self.max_score)} ({row.seconds:.1f} s{where})  elapsed {elapsed:.0f} s, ETA {eta:.0f} s")
+
+
+def grade_here(opts: Options, root: Path, template: Path, gradable: list, progress: Progress) -> dict:
+    """Grade on this machine: ``opts.jobs`` grading processes at once, one fork server for the run."""
+    warm_grading_processes(template)
+    todo = [(sub, prepare_job(opts, root, template, sub, i)) for i, sub in gradable]
+    processes, server = "fresh interpreters", None
+    if opts.protected and todo and fork_server.supported():
+        try:
+            server = start_fork_server(opts, root, template)
+        except (OSError, RuntimeError) as error:  # slower, equally safe: fresh interpreters
+            log(f"the fork server did not start ({str(error)[:200]}): judges and runners start as fresh interpreters")
+        else:
+            processes = "forked by the fork server"
+            for _, job in todo:
+                job["fork_server"] = str(server.socket_path)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
+            futures = {pool.submit(run_job, opts, job, sub): sub for sub, job in todo}
+            for future in as_completed(futures):
+                progress.record(futures[future], future.result())
+    finally:
+        if server is not None:
+            server.stop()
+    return {"judge_processes": processes, "todo": todo}
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -303,7 +388,6 @@ def grade(opts: Options) -> int:
     check_paths(opts)
     root = Path(tempfile.mkdtemp(prefix="ftlab-grade-"))
     os.chmod(root, 0o700)
-    server = None
     try:
         folder, refused = opts.submissions, []
         if folder.is_file():
@@ -325,37 +409,16 @@ def grade(opts: Options) -> int:
         course = course_db.open_course(opts.course, opts.assignment, template) if opts.into_course else None
         kept, digests = course_db.plan(course, subs, opts.force) if course else ({}, {})
         rows: dict[str, Row] = dict(kept)
-        todo = []
-        for i, sub in enumerate(subs):
-            if sub.problem:
-                rows[sub.student_id] = Row(sub.student_id, "failed", reason=sub.problem)
-            elif sub.student_id not in kept:
-                todo.append((sub, prepare_job(opts, root, template, sub, i)))
-        processes = "fresh interpreters"
-        if opts.protected and todo and fork_server.supported():
-            try:
-                server = start_fork_server(opts, root, template)
-            except (OSError, RuntimeError) as error:  # slower, equally safe: fresh interpreters
-                log(f"the fork server did not start ({str(error)[:200]}): judges and runners start as fresh interpreters")
-            else:
-                processes = "forked by the fork server"
-                for _, job in todo:
-                    job["fork_server"] = str(server.socket_path)
-        start, done, lock = time.monotonic(), len(rows), threading.Lock()
-        with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
-            futures = {pool.submit(run_job, opts, job, sub): sub for sub, job in todo}
-            for future in as_completed(futures):
-                row = future.result()
-                if row.status == "graded" and futures[future].notes:
-                    row.reason = "; ".join(futures[future].notes + ([row.reason] if row.reason else []))
-                with lock:
-                    rows[row.student_id] = row
-                    done += 1
-                    elapsed = time.monotonic() - start
-                    finished = done - (len(subs) - len(todo))
-                    eta = elapsed / max(finished, 1) * (len(subs) - done)
-                    log(f"[{done}/{len(subs)}] {row.student_id}: {row.status} {fmt(row.score) or '-'}/{fmt(max_score)}"
-                        f" ({row.seconds:.1f} s)  elapsed {elapsed:.0f} s, ETA {eta:.0f} s")
+        rows.update({s.student_id: Row(s.student_id, "failed", reason=s.problem) for s in subs if s.problem})
+        gradable = [(i, s) for i, s in enumerate(subs) if not s.problem and s.student_id not in kept]
+        progress = Progress(len(subs), len(rows), max_score, rows)
+        start = time.monotonic()
+        if opts.cluster:  # the same jobs, run by dask workers (autograder/cluster.py)
+            from autograder.cluster import grade_on_cluster
+            extra = grade_on_cluster(opts, root, template, gradable, progress)
+        else:
+            extra = grade_here(opts, root, template, gradable, progress)
+        todo = extra.pop("todo", [])  # (submission, job) graded on this machine
         ordered = [rows[s.student_id] for s in subs]
         collected = None if opts.submissions.is_file() else folder  # a .zip keeps notebooks only: no timestamp.txt
         late.assess_rows(rules, collected, opts.assignment, ordered)
@@ -366,19 +429,18 @@ def grade(opts: Options) -> int:
         run_info = {"assignment": opts.assignment, "submissions": len(subs), "jobs": opts.jobs,
                     "max_score": max_score, "protected": opts.protected, "protections": protections,
                     "verdicts": "judge" if opts.protected else "nbgrader",
-                    "judge_processes": processes if opts.protected else None,
-                    "submission_limits": submission_limits(opts, todo),
+                    "judge_processes": extra.pop("judge_processes") if opts.protected else None,
+                    "submission_limits": None if opts.cluster else submission_limits(opts, todo),
                     "graded": sum(r.status == "graded" for r in ordered),
                     "failed": sum(r.status == "failed" for r in ordered),
                     "seconds": round(time.monotonic() - start, 2),
-                    "mean_step_seconds": mean_steps([r.timings for r in ordered if r.timings])}
+                    "mean_step_seconds": mean_steps([r.timings for r in ordered if r.timings]),
+                    "step_meanings": STEP_NAMES, **extra}
         write_outputs(opts, ordered, max_score, run_info)
         log(f"done: {run_info['graded']} graded, {run_info['failed']} failed, {run_info['seconds']:.0f} s; "
             f"{mode}; wrote {opts.out / 'grades.csv'}")
         return 0
     finally:
-        if server is not None:
-            server.stop()
         if opts.keep_temp:
             log(f"kept temporary courses in {root}")
         else:
