@@ -289,7 +289,7 @@ def judge(source_nb: Path, submitted_nb: Path, *, timeout: float = 300, cell_tim
     runners = Runners(plan, cell_timeout=float(cell_timeout or CELL_TIMEOUT), server=server,
                       deadline=time.monotonic() + float(timeout), sandbox_settings=sandbox_settings or {},
                       env=env if env is not None else sandbox.safe_environment(os.environ))
-    instructor, problems = instructor_namespace(plan)
+    instructor, _ = instructor_namespace(plan)  # its problems concern the instructor only (see below)
     reserved = set(instructor) | set(dir(builtins))
     exported, notes = student_bindings(plan, runners, reserved)
     results = {}
@@ -308,9 +308,10 @@ def judge(source_nb: Path, submitted_nb: Path, *, timeout: float = 300, cell_tim
         except Exception as error:  # noqa: BLE001 - a failing check
             passed, message = False, describe(error)[:MESSAGE_LIMIT]
         if not passed:
+            # notes on the student's own cells only: an instructor helper that cannot be defined outside the
+            # kernel (e.g. a default argument computed by a cell the judge does not run) is not the student's
+            # concern; a test that needs it fails for the reference too, which the course's tests catch
             lines = [f"[{c}] {n}" for c in test.get("answer_cells") or list(notes) for n in notes.get(c, [])]
-            if problems:
-                lines += [f"[setup] {p}" for p in problems]
             if lines:
                 message += "\n(grader notes on your cells: " + "; ".join(lines)[:1500] + ")"
         text = printed.getvalue()
