@@ -94,44 +94,40 @@ def write_csv(dest: Path, rows: list[list]) -> None:
             w.writerow([neutralise(c) for c in row])
 
 
-def canvas_rows(scores: Scores, roster: Roster, columns: dict[str, str], problems: list[str]) -> list[list]:
-    """Canvas's gradebook import: Student, ID, SIS User ID, SIS Login ID, Section, one column per assignment
-    (named ``Title (canvas assignment id)`` to update an existing one: ``CanvasExport.columns``), and the
-    ``Points Possible`` line under the header, as Canvas's own gradebook export writes it."""
-    heads = [columns.get(a, a) for a in scores.assignments]
-    rows = [["Student", "ID", "SIS User ID", "SIS Login ID", "Section", *heads],
-            ["    Points Possible", "", "", "", "", *[fmt(scores.max_scores[a]) for a in scores.assignments]]]
+def roster_rows(scores: Scores, roster: Roster, problems: list[str], ids: tuple, cells: tuple) -> list[list]:
+    """A row per gradebook student whom the roster names with at least one of ``ids``: the roster's ``cells``,
+    then the student's final score in each assignment. Anyone else is left out, with a line in ``problems``."""
+    rows = []
     for sid in scores.students:
         person = roster.people.get(sid)
         if person is None:
             problems.append(f"{printable(sid)} is in the gradebook but not in the roster: left out")
             continue
-        if not any(person.get(k) for k in ("canvas_id", "sis_user_id", "sis_login_id")):
-            problems.append(f"{printable(sid)}: the roster gives no canvas_id, sis_user_id or sis_login_id: left out")
+        if not any(person.get(k) for k in ids):
+            problems.append(f"{printable(sid)}: the roster gives no {', '.join(ids[:-1])} or {ids[-1]}: left out")
             continue
-        rows.append([person.get("name", ""), person.get("canvas_id", ""), person.get("sis_user_id", ""),
-                     person.get("sis_login_id", ""), person.get("section", ""),
-                     *[fmt(scores.final[(a, sid)]) for a in scores.assignments]])
+        rows.append([*(person.get(k, "") for k in cells), *[fmt(scores.final[(a, sid)]) for a in scores.assignments]])
     return rows
+
+
+def canvas_rows(scores: Scores, roster: Roster, columns: dict[str, str], problems: list[str]) -> list[list]:
+    """Canvas's gradebook import: Student, ID, SIS User ID, SIS Login ID, Section, one column per assignment
+    (named ``Title (canvas assignment id)`` to update an existing one: ``CanvasExport.columns``), and the
+    ``Points Possible`` line under the header, as Canvas's own gradebook export writes it."""
+    heads = [columns.get(a, a) for a in scores.assignments]
+    return [["Student", "ID", "SIS User ID", "SIS Login ID", "Section", *heads],
+            ["    Points Possible", "", "", "", "", *[fmt(scores.max_scores[a]) for a in scores.assignments]],
+            *roster_rows(scores, roster, problems, ("canvas_id", "sis_user_id", "sis_login_id"),
+                         ("name", "canvas_id", "sis_user_id", "sis_login_id", "section"))]
 
 
 def moodle_rows(scores: Scores, roster: Roster, columns: dict[str, str], problems: list[str]) -> list[list]:
     """Moodle's grade import (Grades > Import > CSV file): an identifier column to map from (email address,
     ID number or username), names, one column per grade item (``MoodleExport.columns`` renames them)."""
     heads = [columns.get(a, a) for a in scores.assignments]
-    rows = [["Email address", "ID number", "Username", "First name", "Last name", *heads]]
-    for sid in scores.students:
-        person = roster.people.get(sid)
-        if person is None:
-            problems.append(f"{printable(sid)} is in the gradebook but not in the roster: left out")
-            continue
-        if not any(person.get(k) for k in ("email", "idnumber", "username")):
-            problems.append(f"{printable(sid)}: the roster gives no email, idnumber or username: left out")
-            continue
-        rows.append([person.get("email", ""), person.get("idnumber", ""), person.get("username", ""),
-                     person.get("first_name", ""), person.get("last_name", ""),
-                     *[fmt(scores.final[(a, sid)]) for a in scores.assignments]])
-    return rows
+    return [["Email address", "ID number", "Username", "First name", "Last name", *heads],
+            *roster_rows(scores, roster, problems, ("email", "idnumber", "username"),
+                         ("email", "idnumber", "username", "first_name", "last_name"))]
 
 
 class LmsExport(ExportPlugin):

@@ -46,6 +46,13 @@ def make_course(dest: Path, assignments: list[str] | None = None) -> Path:
     return dest
 
 
+def fixture_course(root: Path) -> Path:
+    """A course for the pipeline tests: the repo's config and the small fixture assignment (tests/fixtures/course)."""
+    shutil.copy(REPO / "nbgrader_config.py", root)
+    shutil.copytree(REPO / "tests" / "fixtures" / "course" / "source", root / "source")
+    return root
+
+
 @pytest.fixture
 def course_dir(tmp_path):
     """An empty throw-away course folder with the repo's nbgrader config (add assignments with make_course)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, REPO
+from conftest import BIN, REPO, fixture_course
 
 FIXTURES = REPO / "tests" / "fixtures"
 GRADED = ["reference", "edited_test", "wrong_name"]  # sent to the workers (wrong_name carries a note)
@@ -105,10 +105,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def course(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("course")
-    shutil.copy(REPO / "nbgrader_config.py", root)
-    shutil.copytree(FIXTURES / "course" / "source", root / "source")
-    return root
+    return fixture_course(tmp_path_factory.mktemp("course"))
 
 
 @pytest.fixture(scope="module")

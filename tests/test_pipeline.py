@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_python
+from conftest import REPO, fixture_course, run_python
 from autograder.reports import FORMULA_START, NUMBER, neutralise, write_reports
 from autograder.submissions import feedback_name, printable
 
@@ -99,10 +99,7 @@ class Listener(threading.Thread):
 
 @pytest.fixture(scope="module")
 def course(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("course")
-    shutil.copy(REPO / "nbgrader_config.py", root)
-    shutil.copytree(FIXTURES / "course" / "source", root / "source")
-    return root
+    return fixture_course(tmp_path_factory.mktemp("course"))
 
 
 @pytest.fixture(scope="module")
