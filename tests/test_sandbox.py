@@ -346,3 +346,19 @@ def test_one_submission_shares_one_process_budget(way, tmp_path):
         assert sandbox.group_report(group)["process_limit_reached"]
     finally:
         sandbox.remove_group(group)
+
+
+def test_a_course_checked_out_below_tmp_stays_visible_inside(tmp_path):
+    """The view mounts fresh tmpfs over /tmp, /var/tmp and /dev/shm; the course, its environment and the
+    interpreter are bound after them, so a checkout below /tmp (a CI clone) is not covered up (it was: every
+    sandboxed process then failed with 'execvp .../.venv/bin/python: No such file or directory')."""
+    spec = sandbox.make_spec(workdir=tmp_path / "work")
+    steps = sandbox.view_plan(spec, inside_uid=61000)
+    last_tmpfs = max(i for i, (kind, _, where) in enumerate(steps) if kind == "tmpfs")
+    sources = sandbox._view_sources()
+    for name in ("{interpreter}", "{environment}", "{course}", "{autograder}"):
+        for path in sources[name]:
+            binds = [i for i, (kind, _, where) in enumerate(steps) if where == path and kind == "ro"]
+            covering = [where for kind, _, where in steps if kind == "ro" and path.startswith(where.rstrip("/") + "/")]
+            assert binds or covering, (name, path, steps)
+            assert all(i > last_tmpfs for i in binds), (name, path, "bound before a tmpfs that can cover it")
