@@ -525,4 +525,6 @@ def test_a_200_mb_line_never_enters_the_grading_process(tmp_path):
     assert len(first) == 1 and "dropped unread" in first[0][1], first
     assert after == [("stream", "after\n")]
     assert "output cut" in flood[-1][1] and result["sizes"][2] < 2**20 + 1000, result["sizes"]
-    assert result["peak_mib"] < 300, result  # it was 682 MiB in the pipeline's grading process before
+    # the process's own imports take 250-330 MiB (measured in CI runs); the 200 MB line, had it been read, would
+    # add at least its 200 MB on top (682 MiB in the pipeline's grading process before the cap)
+    assert result["peak_mib"] < 450, result
