@@ -228,11 +228,6 @@ def supervise(conn: socket.socket) -> None:
 
 
 # ---- starting and stopping it (the grading pipeline, tests) ---------------------------------------------
-def _sandbox():
-    from autograder import sandbox
-    return sandbox
-
-
 class ForkServer:
     """A running server process; ``stop()`` (or leaving the ``with`` block) ends it and its children."""
 
@@ -244,12 +239,14 @@ class ForkServer:
         """Start a server whose socket lives in ``folder`` (which only the grading user may enter) and
         wait until it listens (its imports go on in the background). ``env``: extra variables, e.g. the
         thread counts, which torch and TensorFlow read when the server imports them."""
+        from autograder import sandbox
+
         folder = Path(folder)
         socket_path = folder / "fork.sock"
         log_path = folder / "fork-server.log"
         # Only the harmless variables: runners are forks of this process, and the environment strings it
         # started with stay in its memory (and theirs) whatever os.environ says later (red team, finding 1).
-        env = {**{k: v for k, v in _sandbox().safe_environment(os.environ).items()
+        env = {**{k: v for k, v in sandbox.safe_environment(os.environ).items()
                   if not k.startswith("PYTHON") and k != SERVER_VARIABLE}, **(env or {})}
         env.update(NBGRADER_EXECUTION="autograde", MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="2",
                    HOME=str(folder), KERAS_HOME=str(folder / ".keras"), MPLCONFIGDIR=str(folder / ".matplotlib"))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.grading import BIN, ENV, REPO, reference_submission, throwaway_course
+from benchmarks.grading import BIN, ENV, reference_batch
 
 
 def free_port() -> int:
@@ -69,16 +68,7 @@ def main(argv=None) -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="ftlab-bench-cluster-") as tmp:
         root = Path(tmp)
-        course = throwaway_course(root / "plain", args.assignment)
-        name, nb = reference_submission(course, args.assignment)
-        submissions = root / "submissions"
-        for i in range(args.copies):
-            (submissions / f"student{i:03d}").mkdir(parents=True)
-            (submissions / f"student{i:03d}" / name).write_text(json.dumps(nb))
-        pipeline_course = root / "pipeline-course"
-        pipeline_course.mkdir()
-        shutil.copy(REPO / "nbgrader_config.py", pipeline_course)
-        shutil.copytree(REPO / "source" / args.assignment, pipeline_course / "source" / args.assignment)
+        _, _, _, submissions, pipeline_course = reference_batch(root, args.assignment, args.copies)
         print(f"grading {args.copies} copies of the {args.assignment} reference solution on dask, "
               f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)
         for workers in counts:

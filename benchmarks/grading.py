@@ -90,6 +90,22 @@ def pipeline(course: Path, assignment: str, submissions: Path, out: Path, jobs: 
     return seconds
 
 
+def reference_batch(root: Path, assignment: str, copies: int) -> tuple[Path, str, dict, Path, Path]:
+    """Under ``root``: a plain nbgrader course, the reference solution (name, notebook), ``copies`` student
+    folders holding it, and a course for the pipeline (config and source only)."""
+    course = throwaway_course(root / "plain", assignment)
+    name, nb = reference_submission(course, assignment)
+    submissions = root / "submissions"
+    for i in range(copies):
+        (submissions / f"student{i:03d}").mkdir(parents=True)
+        (submissions / f"student{i:03d}" / name).write_text(json.dumps(nb))
+    pipeline_course = root / "pipeline-course"
+    pipeline_course.mkdir()
+    shutil.copy(REPO / "nbgrader_config.py", pipeline_course)
+    shutil.copytree(REPO / "source" / assignment, pipeline_course / "source" / assignment)
+    return course, name, nb, submissions, pipeline_course
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--assignment", default="quiz")
@@ -102,16 +118,7 @@ def main(argv=None) -> int:
     n = args.copies
     with tempfile.TemporaryDirectory(prefix="ftlab-bench-") as tmp:
         root = Path(tmp)
-        course = throwaway_course(root / "plain", args.assignment)
-        name, nb = reference_submission(course, args.assignment)
-        submissions = root / "submissions"
-        for i in range(n):
-            (submissions / f"student{i:03d}").mkdir(parents=True)
-            (submissions / f"student{i:03d}" / name).write_text(json.dumps(nb))
-        pipeline_course = root / "pipeline-course"
-        pipeline_course.mkdir()
-        shutil.copy(REPO / "nbgrader_config.py", pipeline_course)
-        shutil.copytree(REPO / "source" / args.assignment, pipeline_course / "source" / args.assignment)
+        course, name, nb, submissions, pipeline_course = reference_batch(root, args.assignment, n)
         times, samples = {}, {}
         print(f"grading {n} copies of the {args.assignment} reference solution on {os.cpu_count()} cores"
               f" ({args.rounds} round(s), order alternating, median reported)", flush=True)
