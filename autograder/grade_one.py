@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import threading
 import time
@@ -159,6 +160,25 @@ def _is_graded_cell(cell) -> bool:
     return bool((cell.get("metadata") or {}).get("nbgrader", {}).get("grade"))
 
 
+def lock_runtime_folder(km) -> None:
+    """Once the sandboxed kernel has bound its sockets (it answered kernel_info), its runtime folder on the host's
+    /dev/shm goes back to root, read-only for the kernel's uid: the student's code can no longer create files
+    there (filling the host's /dev/shm) nor write to the connection file. As root only: a plain user's kernel
+    runs as that same user, who could give itself the folder back (README, Known limits)."""
+    if os.geteuid() != 0 or getattr(km, "transport", "tcp") != "ipc":
+        return
+    folder = os.path.realpath(os.path.dirname(km.ip))
+    if not os.path.basename(folder).startswith("ftlab-runtime-"):  # only a folder sandbox.scratch_folder made
+        return
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and not os.path.islink(path):  # the connection file (sockets stay as they are)
+            os.chown(path, 0, 0, follow_symlinks=False)
+            os.chmod(path, 0o644)
+    os.chown(folder, 0, 0)
+    os.chmod(folder, 0o755)
+
+
 @functools.lru_cache(maxsize=None)
 def output_cap_classes():
     """(CappedExecute, CapOutputs): nbgrader preprocessors, made on first use (nbgrader is imported late)."""
@@ -203,6 +223,7 @@ def output_cap_classes():
 
         async def async_start_new_kernel_client(self):
             kc = await super().async_start_new_kernel_client()
+            lock_runtime_folder(self.km)
             self._monitor = kc.iopub_channel.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             self._ready = time.perf_counter()
             EXECUTE_SECONDS["kernel_start"] += self._ready - self._started

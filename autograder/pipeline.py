@@ -138,8 +138,11 @@ def build_template(opts: Options, root: Path) -> tuple[Path, float]:
 # ----------------------------------------------------------------------------- one job per submission
 def sandbox_settings(opts: Options, job: Path, workdir: Path, uid: int, hide: list[Path], groups: list[str]) -> str:
     """Config lines that make nbgrader start the student's kernel through autograder.sandbox."""
-    runtime = sandbox.scratch_folder(job / "runtime")  # on tmpfs (/dev/shm): the kernel can write there
-    argv = sandbox.wrap([sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    runtime = sandbox.scratch_folder(job / "runtime")  # on tmpfs (/dev/shm); read-only for the kernel once it runs
+    # The kernel's own stdout and stderr go to /dev/null, not to this job's log (a host file it could write and
+    # read through the inherited descriptors); what its cells print reaches the notebook over its sockets.
+    kernel = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    argv = sandbox.wrap(["/bin/sh", "-c", 'exec "$@" >/dev/null 2>&1', "kernel", *kernel],
                         workdir=workdir, memory_bytes=opts.memory_bytes, cpu_seconds=opts.submission_timeout,
                         uid=uid, hide=tuple(hide), keep=(runtime,), give=("{connection_file}",), cgroups=groups)
     if shutil.which("setpriv"):  # the kernel's sandbox dies with its grading process (a killed dask worker's too)

@@ -237,7 +237,9 @@ REACH_CLAIMS = [("read_instructor_files", "instructor files", "hidden_files"),
                 ("read_outside_view", "outside view", "hidden_files"),
                 ("loopback_socket", "loopback", "no_network"), ("unbounded_memory", "memory", "limits"),
                 ("fork_bomb", "processes", "processes_per_submission"),
-                ("memory_children", "memory of children", "memory_per_submission")]
+                ("memory_children", "memory of children", "memory_per_submission"),
+                ("write_job_log", "host file descriptors", "no_host_disk_writes"),
+                ("fill_runtime_folder", "runtime folder", "separate_user")]  # the folder goes back to root
 
 
 def assert_reach_blocked(out: Path, student: str, what: str, protection: str) -> None:
