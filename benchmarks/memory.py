@@ -5,6 +5,10 @@
     .venv/bin/python -m benchmarks.memory --json memory.json       # also write the figures as JSON
     .venv/bin/python -m benchmarks.memory keras_lesson --mode normal --cells   # which cells raise the peak
     .venv/bin/python -m benchmarks.memory keras_lesson --mode normal --after 34 "del scratch; import gc; gc.collect()"
+    FTLAB_MEMORY_LIMIT=2G .venv/bin/python -m benchmarks.memory keras_lesson --mode normal   # as under Binder's 2 GB
+
+With FTLAB_MEMORY_LIMIT set, the lessons' ``course.enough_memory`` counts the kernel's own resident memory
+against that limit and skips the whole-network runs that would not fit, as it does under a container's limit.
 
 `--after N CODE` (repeatable) runs CODE in an extra cell after cell N (0-based, as `--cells` numbers
 them) of a copy of the notebook: what a change to a lesson would save, measured before anyone edits it.
