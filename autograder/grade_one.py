@@ -354,16 +354,24 @@ def restore_nbgrader_metadata(submitted: Path, release: Path) -> list[str]:
     released = {c["metadata"]["nbgrader"]["grade_id"]: c["metadata"]["nbgrader"]
                 for c in json.loads(release.read_text())["cells"]
                 if c.get("metadata", {}).get("nbgrader", {}).get("grade_id")}
+    changed, ids = [], set()
+    for i, cell in enumerate(nb["cells"]):  # damaged metadata (not an object, a grade_id that is not a string)
+        if not isinstance(cell.get("metadata"), dict):
+            cell["metadata"] = {}
+            changed.append(f"cleared the metadata of cell {i + 1} (not a JSON object)")
+        grader = cell["metadata"].get("nbgrader", {})
+        if not isinstance(grader, dict) or not isinstance(grader.get("grade_id", ""), str):
+            del cell["metadata"]["nbgrader"]  # as for an unknown grade_id: the original cell is put back
+            changed.append(f"removed damaged nbgrader metadata of cell {i + 1}")
     last = {}
     for i, cell in enumerate(nb["cells"]):
-        gid = (cell.get("metadata") or {}).get("nbgrader", {}).get("grade_id")
+        gid = cell["metadata"].get("nbgrader", {}).get("grade_id")
         if gid:
             last[gid] = i
-    changed, ids = [], set()
     for i, cell in enumerate(nb["cells"]):
-        meta = cell.setdefault("metadata", {})
+        meta = cell["metadata"]
         if "nbgrader" in meta:
-            gid = meta["nbgrader"].get("grade_id") if isinstance(meta["nbgrader"], dict) else None
+            gid = meta["nbgrader"].get("grade_id")
             if gid in released and last.get(gid) == i:
                 if meta["nbgrader"] != released[gid]:
                     meta["nbgrader"] = dict(released[gid])
