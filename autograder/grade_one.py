@@ -19,6 +19,9 @@ import time
 import traceback
 from pathlib import Path
 
+from autograder import sandbox
+from autograder.cells import cell_source, is_test_cell, nbgrader_meta
+
 
 STARTED = time.perf_counter()
 EXECUTE_SECONDS = {"kernel_start": 0.0, "cells": 0.0}  # inside nbgrader's autograde (CappedExecute)
@@ -157,26 +160,7 @@ def _mb(n: int) -> str:
 
 
 def _is_graded_cell(cell) -> bool:
-    return bool((cell.get("metadata") or {}).get("nbgrader", {}).get("grade"))
-
-
-def lock_runtime_folder(km) -> None:
-    """Once the sandboxed kernel has bound its sockets (it answered kernel_info), its runtime folder on the host's
-    /dev/shm goes back to root, read-only for the kernel's uid: the student's code can no longer create files
-    there (filling the host's /dev/shm) nor write to the connection file. As root only: a plain user's kernel
-    runs as that same user, who could give itself the folder back (README, Known limits)."""
-    if os.geteuid() != 0 or getattr(km, "transport", "tcp") != "ipc":
-        return
-    folder = os.path.realpath(os.path.dirname(km.ip))
-    if not os.path.basename(folder).startswith("ftlab-runtime-"):  # only a folder sandbox.scratch_folder made
-        return
-    for name in os.listdir(folder):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path) and not os.path.islink(path):  # the connection file (sockets stay as they are)
-            os.chown(path, 0, 0, follow_symlinks=False)
-            os.chmod(path, 0o644)
-    os.chown(folder, 0, 0)
-    os.chmod(folder, 0o755)
+    return bool(nbgrader_meta(cell).get("grade"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -223,7 +207,8 @@ def output_cap_classes():
 
         async def async_start_new_kernel_client(self):
             kc = await super().async_start_new_kernel_client()
-            lock_runtime_folder(self.km)
+            if getattr(self.km, "transport", "tcp") == "ipc":  # the sandboxed kernel: its sockets are bound
+                sandbox.lock_scratch(os.path.dirname(self.km.ip))
             self._monitor = kc.iopub_channel.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             self._ready = time.perf_counter()
             EXECUTE_SECONDS["kernel_start"] += self._ready - self._started
@@ -355,6 +340,9 @@ def restore_nbgrader_metadata(submitted: Path, release: Path) -> list[str]:
                 for c in json.loads(release.read_text())["cells"]
                 if c.get("metadata", {}).get("nbgrader", {}).get("grade_id")}
     changed, ids = [], set()
+    if not all(isinstance(cell, dict) for cell in nb["cells"]):
+        changed.append(f"removed {sum(not isinstance(c, dict) for c in nb['cells'])} cell(s) that were not JSON objects")
+        nb["cells"] = [cell for cell in nb["cells"] if isinstance(cell, dict)]
     for i, cell in enumerate(nb["cells"]):  # damaged metadata (not an object, a grade_id that is not a string)
         if not isinstance(cell.get("metadata"), dict):
             cell["metadata"] = {}
@@ -365,7 +353,7 @@ def restore_nbgrader_metadata(submitted: Path, release: Path) -> list[str]:
             changed.append(f"removed damaged nbgrader metadata of cell {i + 1}")
     last = {}
     for i, cell in enumerate(nb["cells"]):
-        gid = cell["metadata"].get("nbgrader", {}).get("grade_id")
+        gid = nbgrader_meta(cell).get("grade_id")
         if gid:
             last[gid] = i
     for i, cell in enumerate(nb["cells"]):
@@ -390,8 +378,6 @@ def restore_nbgrader_metadata(submitted: Path, release: Path) -> list[str]:
 def test_cell_changes(submitted: Path, release: Path) -> list[str]:
     """What the student did to the released test cells (they are graded from the instructor's copy anyway):
     ``test cell X was deleted: the original was restored`` / ``... was edited: the original was graded``."""
-    from autograder.cells import cell_source, is_test_cell, nbgrader_meta
-
     def tests(path: Path) -> dict[str, str]:
         cells = json.loads(path.read_text()).get("cells", [])
         return {nbgrader_meta(c)["grade_id"]: cell_source(c).strip() for c in cells

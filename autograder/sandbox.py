@@ -52,6 +52,7 @@ DEFAULT_CPU_SECONDS = 3600
 DEFAULT_PROCESSES = 512
 DEFAULT_UID = 61000
 FILE_SIZE_LIMIT = 2**30
+SCRATCH_PREFIX = "ftlab-runtime-"  # scratch_folder's folders on /dev/shm
 SCRATCH_BYTES = 2**30  # each private tmpfs (working copy, /tmp, /var/tmp, /dev/shm) holds at most this
 MAX_WORKDIR_ENTRIES = 1000  # files and folders copied into the private working copy
 ENV_KEPT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "NBGRADER_EXECUTION", "PYTHONHASHSEED",
@@ -436,10 +437,27 @@ def scratch_folder(link: Path) -> Path:
         link.mkdir()
         return link
     import tempfile
-    target = tempfile.mkdtemp(prefix="ftlab-runtime-", dir=root)
+    target = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=root)
     os.chmod(target, 0o700)
     link.symlink_to(target)
     return link
+
+
+def lock_scratch(path: Path) -> None:
+    """Give a ``scratch_folder`` on tmpfs (``path``, or the link to it) and the files in it back to root,
+    read-only for the sandbox's uid: once the kernel has bound its sockets there, its code can no longer create
+    files (filling the host's /dev/shm) nor write to its connection file. As root only: a plain user's sandbox
+    runs as that same user, who could take the folder back (README, Known limits)."""
+    folder = os.path.realpath(path)
+    if not _is_root() or not os.path.basename(folder).startswith(SCRATCH_PREFIX):
+        return
+    for name in os.listdir(folder):
+        file = os.path.join(folder, name)
+        if os.path.isfile(file) and not os.path.islink(file):  # the connection file (sockets stay as they are)
+            os.chown(file, 0, 0, follow_symlinks=False)
+            os.chmod(file, 0o644)
+    os.chown(folder, 0, 0)
+    os.chmod(folder, 0o755)
 
 
 def remove_scratch(link: Path) -> None:
