@@ -42,7 +42,6 @@ from pathlib import Path
 
 from distributed import WorkerPlugin
 
-from autograder import server as fork_server
 from autograder.pipeline import (Options, Progress, Row, grading_settings, log, prepare_job, run_job,
                                  start_fork_server, warm_grading_processes)
 from autograder.submissions import InstructorError, Submission
@@ -110,12 +109,9 @@ class GradingPlugin(WorkerPlugin):
                             protected=s["protected"], keep_temp=s["keep_temp"])
         self.counter, self.lock, self.server = itertools.count(), threading.Lock(), None
         self.processes = "fresh interpreters"
-        if self.opts.protected and fork_server.supported():
-            try:
-                self.server = start_fork_server(self.opts, self.root, self.template)
-                self.processes = "forked by the fork server"
-            except (OSError, RuntimeError) as error:  # slower, equally safe
-                log(f"the fork server did not start ({str(error)[:200]}): fresh interpreters on this worker")
+        self.server = start_fork_server(self.opts, self.root, self.template / "source" / self.opts.assignment)
+        if self.server is not None:
+            self.processes = "forked by the fork server"
         warm_grading_processes(self.template)  # the grading processes' fork server: nbgrader warm, once per worker
 
     def teardown(self, worker) -> None:

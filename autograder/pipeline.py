@@ -14,6 +14,7 @@ share of the cores for framework threads (``thread_settings``).
 """
 from __future__ import annotations
 
+import base64
 import json
 import multiprocessing
 import secrets
@@ -115,8 +116,9 @@ def nbgrader_env() -> dict:
 
 
 def build_template(opts: Options, root: Path) -> tuple[Path, float]:
-    """A throw-away course with the instructor's config and this assignment, generated once per run."""
-    template = root / "template"
+    """A throw-away course with the instructor's config and this assignment, generated once per run. It is
+    built under another name and renamed ``root/template`` when complete (``autograder.warm`` waits for it)."""
+    template = root / "template-building"
     template.mkdir()
     shutil.copy(opts.course / "nbgrader_config.py", template / "nbgrader_config.py")
     with open(template / "nbgrader_config.py", "a") as f:  # late penalties: the pipeline's (autograder/lateness.py)
@@ -132,6 +134,7 @@ def build_template(opts: Options, root: Path) -> tuple[Path, float]:
     from nbgrader.api import Gradebook
     with Gradebook(f"sqlite:///{template / 'gradebook.db'}") as gb:
         max_score = gb.find_assignment(opts.assignment).max_code_score
+    template = template.rename(root / "template")
     return template, float(max_score)
 
 
@@ -142,9 +145,14 @@ def sandbox_settings(opts: Options, job: Path, workdir: Path, uid: int, hide: li
     # The kernel's own stdout and stderr go to /dev/null, not to this job's log (a host file it could write and
     # read through the inherited descriptors); what its cells print reaches the notebook over its sockets.
     kernel = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    argv = sandbox.wrap(["/bin/sh", "-c", 'exec "$@" >/dev/null 2>&1', "kernel", *kernel],
-                        workdir=workdir, memory_bytes=opts.memory_bytes, cpu_seconds=opts.submission_timeout,
-                        uid=uid, hide=tuple(hide), keep=(runtime,), give=("{connection_file}",), cgroups=groups)
+    limits = dict(workdir=workdir, memory_bytes=opts.memory_bytes, cpu_seconds=opts.submission_timeout, uid=uid,
+                  hide=tuple(hide), keep=(runtime,), cgroups=groups, processes=sandbox.process_limit(groups))
+    fresh = sandbox.wrap(["/bin/sh", "-c", 'exec "$@" >/dev/null 2>&1', "kernel", *kernel],
+                         give=("{connection_file}",), **limits)
+    # With the run's fork server, the kernel is forked from it into the same sandbox, its imports done
+    # (autograder.server.kernel_client); without one, or if it refuses, the client execs ``fresh``.
+    spec = base64.urlsafe_b64encode(json.dumps(sandbox.make_spec(**limits)).encode()).decode()
+    argv = [sys.executable, "-I", "-m", "autograder.server", "kernel", spec, "{connection_file}", "--", *fresh]
     if shutil.which("setpriv"):  # the kernel's sandbox dies with its grading process (a killed dask worker's too)
         argv = [shutil.which("setpriv"), "--pdeathsig", "KILL", *argv]
     spec_dir = job / "jupyter" / "kernels" / SANDBOX_KERNEL
@@ -183,22 +191,31 @@ def prepare_job(opts: Options, root: Path, template: Path, sub: Submission, inde
             "notebooks": sorted(sub.notebooks), "use_judge": opts.protected,
             "judge_timeout": opts.submission_timeout / 2, "cell_timeout": opts.cell_timeout or course_cell_timeout(opts),
             "sandbox": {"uid": uid, "hide": [str(p) for p in hide], "memory_bytes": opts.memory_bytes,
-                        "cgroups": groups},
+                        "cgroups": groups, "processes": sandbox.process_limit(groups)},
             "template_cache": str(root / "template-cache")}  # compiled feedback templates, shared by the run's jobs
     (job / "job.json").write_text(json.dumps(spec, indent=1))
     return {"dir": job, "uid": uid, "spec": spec, "hide": [str(p) for p in hide], "cgroups": groups,
             "course_copy": time.perf_counter() - started}
 
 
-def start_fork_server(opts: Options, root: Path, template: Path) -> fork_server.ForkServer:
-    """One fork server for the run: it imports what the assignment's checks need once, and forks each
-    submission's judge and every sandboxed runner (autograder/server.py)."""
+def start_fork_server(opts: Options, root: Path, source: Path) -> fork_server.ForkServer | None:
+    """One fork server for the run: it imports what the assignment's notebooks (in ``source``) need and
+    ipykernel once, and forks each submission's judge, its kernel and every sandboxed runner
+    (autograder/server.py). None when it cannot start: judges, runners and kernels then start as fresh
+    interpreters (slower, equally safe)."""
     from autograder.cells import preload_for
 
+    if not (opts.protected and fork_server.supported()):
+        return None
     folder = root / "fork-server"
     folder.mkdir(mode=0o700)
-    preload = preload_for(sorted((template / "source" / opts.assignment).glob("*.ipynb")))
-    return fork_server.ForkServer.start(preload, folder, env={**thread_settings(opts.jobs), **grading_settings()})
+    preload = preload_for(sorted(source.glob("*.ipynb"))) + fork_server.KERNEL_PRELOAD
+    try:
+        return fork_server.ForkServer.start(preload, folder, env={**thread_settings(opts.jobs), **grading_settings()})
+    except (OSError, RuntimeError) as error:
+        log(f"the fork server did not start ({str(error)[:200]}): judges, runners and kernels start as fresh "
+            "interpreters")
+        return None
 
 
 def grading_settings() -> dict:
@@ -296,7 +313,7 @@ STEP_NAMES = {  # run.json: what each key of mean_step_seconds measures (seconds
     "imports": "the grading process's start until its first step (nbgrader is imported by the fork server)",
     "restore": "checking and restoring the submission's nbgrader metadata and test cells",
     "autograde": "nbgrader autograde in all: kernel start, cells, and nbgrader's own steps",
-    "kernel_start": "starting the sandboxed kernel (part of autograde)",
+    "kernel_start": "starting the sandboxed kernel, forked by the fork server (part of autograde)",
     "cells": "running the notebook's cells in the kernel, test cells set aside (part of autograde)",
     "gradebook": "nbgrader's steps around the run: cells restored, gradebook rows (autograde minus the two above)",
     "judge": "the judge's own time: it runs alongside the kernel",
@@ -324,29 +341,18 @@ class Progress:
                 f"{fmt(self.max_score)} ({row.seconds:.1f} s{where})  elapsed {elapsed:.0f} s, ETA {eta:.0f} s")
 
 
-def grade_here(opts: Options, root: Path, template: Path, gradable: list, progress: Progress) -> dict:
-    """Grade on this machine: ``opts.jobs`` grading processes at once, one fork server for the run."""
-    warm_grading_processes(template)
+def grade_here(opts: Options, root: Path, template: Path, gradable: list, progress: Progress,
+               server: fork_server.ForkServer | None) -> dict:
+    """Grade on this machine: ``opts.jobs`` grading processes at once, with the run's fork server."""
     todo = [(sub, prepare_job(opts, root, template, sub, i)) for i, sub in gradable]
-    processes, server = "fresh interpreters", None
-    if opts.protected and todo and fork_server.supported():
-        try:
-            server = start_fork_server(opts, root, template)
-        except (OSError, RuntimeError) as error:  # slower, equally safe: fresh interpreters
-            log(f"the fork server did not start ({str(error)[:200]}): judges and runners start as fresh interpreters")
-        else:
-            processes = "forked by the fork server"
-            for _, job in todo:
-                job["fork_server"] = str(server.socket_path)
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
-            futures = {pool.submit(run_job, opts, job, sub): sub for sub, job in todo}
-            for future in as_completed(futures):
-                progress.record(futures[future], future.result())
-    finally:
+    for _, job in todo:
         if server is not None:
-            server.stop()
-    return {"judge_processes": processes, "todo": todo}
+            job["fork_server"] = str(server.socket_path)
+    with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
+        futures = {pool.submit(run_job, opts, job, sub): sub for sub, job in todo}
+        for future in as_completed(futures):
+            progress.record(futures[future], future.result())
+    return {"judge_processes": "forked by the fork server" if server else "fresh interpreters", "todo": todo}
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -391,6 +397,7 @@ def grade(opts: Options) -> int:
     check_paths(opts)
     root = Path(tempfile.mkdtemp(prefix="ftlab-grade-"))
     os.chmod(root, 0o700)
+    server = None
     try:
         folder, refused = opts.submissions, []
         if folder.is_file():
@@ -407,6 +414,9 @@ def grade(opts: Options) -> int:
         mode = (sandbox.summary(protections) if opts.protected else "UNPROTECTED (benchmark mode): no sandbox") + \
             "; verdicts: " + ("the judge" if opts.protected else "student's kernel (nbgrader)")
         log(f"grading {len(subs)} submission(s) of {opts.assignment} with {opts.jobs} job(s); {mode}")
+        if not opts.cluster:  # both import for seconds: let them do it while nbgrader builds the template
+            server = start_fork_server(opts, root, opts.course / "source" / opts.assignment)
+            warm_grading_processes(root / "template")
         template, max_score = build_template(opts, root)
         rules = late.load_rules(opts.course, opts.assignment, opts.due, opts.extensions)
         course = course_db.open_course(opts.course, opts.assignment, template) if opts.into_course else None
@@ -420,7 +430,7 @@ def grade(opts: Options) -> int:
             from autograder.cluster import grade_on_cluster
             extra = grade_on_cluster(opts, root, template, gradable, progress)
         else:
-            extra = grade_here(opts, root, template, gradable, progress)
+            extra = grade_here(opts, root, template, gradable, progress, server)
         todo = extra.pop("todo", [])  # (submission, job) graded on this machine
         ordered = [rows[s.student_id] for s in subs]
         collected = None if opts.submissions.is_file() else folder  # a .zip keeps notebooks only: no timestamp.txt
@@ -444,6 +454,8 @@ def grade(opts: Options) -> int:
             f"{mode}; wrote {opts.out / 'grades.csv'}")
         return 0
     finally:
+        if server is not None:
+            server.stop()
         if opts.keep_temp:
             log(f"kept temporary courses in {root}")
         else:

@@ -1,7 +1,7 @@
 """Run student code where it sees only what it needs, within bounds that hold per submission (issues 7, 12).
 
-    argv = wrap([sys.executable, "-c", code], workdir=Path("/tmp/job"))   # a command line: the kernel
-    pid = fork_confined(make_spec(workdir=...), run)                      # a forked function: the runners
+    argv = wrap([sys.executable, "-c", code], workdir=Path("/tmp/job"))   # a command line: a fresh kernel
+    pid = fork_confined(make_spec(workdir=...), run)                      # a forked function: runners, kernels
 
 **What a sandboxed process sees** is one table, ``VIEW`` below, for every way in: it starts from an empty
 root holding only those paths (read-only), a private writable copy of its working folder on tmpfs, private
@@ -18,8 +18,8 @@ and UTS namespaces, and no capability.
   namespace and this module's ``inside`` step switches to the submission's own uid before the command
   starts; run as another user, bwrap adds a user namespace (the code keeps that user's uid, with no
   capability). Without a working bwrap, this module builds the same view itself (next point).
-* a forked function (``fork_confined``: a runner forked by the fork server, whose Python has imported
-  torch or TensorFlow already, which no exec'd tool can take over): the supervisor enters fresh mount,
+* a forked function (``fork_confined``: a runner or a kernel forked by the fork server, whose Python has
+  imported torch or TensorFlow already, which no exec'd tool can take over): the supervisor enters fresh mount,
   pid, network, IPC and UTS namespaces (``enter_namespaces``; plus a user namespace when not root) and the
   child, pid 1 there, mounts the same VIEW into an empty tmpfs and ``pivot_root``s into it
   (``_build_root``), then switches to the submission's uid (root) or drops every capability (not root).
@@ -355,6 +355,13 @@ def submission_group(name: str, memory_bytes: int, processes: int) -> list[str]:
     return made
 
 
+def process_limit(groups) -> int:
+    """Each sandboxed process's RLIMIT_NPROC: DEFAULT_PROCESSES, or 16 more when the submission's pids group
+    (``submission_group``) holds it to DEFAULT_PROCESSES, so that the group is the bound a fork bomb meets
+    (the kernel checks the rlimit first) and ``group_report`` can say so."""
+    return DEFAULT_PROCESSES + (16 if any(os.path.exists(os.path.join(g, "pids.max")) for g in groups or ()) else 0)
+
+
 def join_group(paths) -> None:
     """Move this process into the submission's cgroups (before it builds its view or drops root)."""
     for path in paths or ():
@@ -585,6 +592,14 @@ def _copy_arguments(source: str, dest: str) -> list[str]:
     return args
 
 
+def hand_over(spec: dict, give=()) -> None:
+    """As root: give the kept folders and the ``give`` files (the kernel's connection file) to the sandbox's
+    uid before it starts (``lock_scratch`` takes them back once the kernel has bound its sockets)."""
+    if _is_root():
+        for path in [*give, *(p for p in spec["keep"] if os.path.isdir(p))]:
+            os.chown(os.path.realpath(path), spec["uid"], spec["uid"])
+
+
 def enter(argv: list[str]) -> None:
     """``enter SPEC [--give FILE]... -- ARGV``: join the submission's groups, hand over the kept folders and
     given files (root), set the limits, then run ARGV in the view (bwrap, or this module's namespaces)."""
@@ -595,10 +610,7 @@ def enter(argv: list[str]) -> None:
         rest = rest[2:]
     command = rest[1:] if rest[:1] == ["--"] else rest
     join_group(spec.get("cgroups"))
-    root = _is_root()
-    if root:
-        for path in [*give, *(p for p in spec["keep"] if os.path.isdir(p))]:
-            os.chown(os.path.realpath(path), spec["uid"], spec["uid"])
+    hand_over(spec, give)
     mechanism = exec_mechanism()
     if mechanism == "bwrap":
         keep_fds = _inheritable_fds()
@@ -637,7 +649,7 @@ _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT, _MS_BIND, _MS_REC = 
 _MS_NOATIME, _MS_NODIRATIME, _MS_RELATIME, _MS_PRIVATE = 1024, 2048, 1 << 21, 1 << 18
 _CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 _CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
-_MNT_DETACH, _PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS, _PR_CAPBSET_DROP = 2, 1, 38, 24
+_MNT_DETACH, _PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS, _PR_CAPBSET_DROP, _PR_SET_DUMPABLE = 2, 1, 38, 24, 4
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -857,6 +869,13 @@ def fork_confined(spec: dict, run, base_env: dict | None = None, pass_fds: tuple
         traceback.print_exc()
     finally:
         os._exit(70)
+
+
+def dumpable_again() -> None:
+    """In a forked child after the user switch: be dumpable again, as an exec'd program is (the switch cleared it),
+    so that its own /proc/self files belong to its user, as in a fresh process (a kernel's code may write
+    ``/proc/self/oom_score_adj``). Only processes of the same uid, i.e. of the same submission, gain anything."""
+    _libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)
 
 
 def _close_all_but(kept: tuple) -> None:

@@ -25,12 +25,19 @@ interpreters: ``python -m autograder.judge``, ``python -m autograder.runner``):
   reports its pid and, when it ends, its exit status; it kills it if the judge goes away.
 * the **runner** runs ``autograder.runner.run``: its imports are done, so it goes straight to rebuilding
   the call's arguments, loading the student's definitions and calling one function.
+* for a *kernel* request (sent by ``kernel_client``, the program nbgrader starts as the student's kernel:
+  the sandbox spec, the connection file, the kernel's environment) the supervisor hands the connection
+  file to the job's user, enters fresh namespaces and forks the **kernel** with ``sandbox.fork_confined``
+  like a runner; the kernel (``run_kernel``) becomes an IPython kernel with the imports done. The
+  supervisor passes on SIGINT from the client (nbgrader interrupts a cell that overruns) and kills the
+  kernel when the client goes. Without a server, the client execs the same kernel as a fresh interpreter.
 
 Client side: ``launch_runner`` returns a ``ForkedChild`` that behaves like the ``subprocess.Popen`` of
 a fresh runner (``pid`` to kill its process group, ``stderr``, ``wait``); ``run_judge`` waits for verdicts.
 """
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import os
@@ -168,9 +175,14 @@ def bound_judge_memory() -> None:
     a failed row), never the machine's memory (red team, finding 3)."""
     import resource
 
+    limit = mapped_bytes() + JUDGE_MEMORY_HEADROOM
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def mapped_bytes() -> int:
+    """The address space this process has mapped (VmSize): what a fork of it inherits."""
     with open("/proc/self/status") as status:
-        mapped = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
-    resource.setrlimit(resource.RLIMIT_AS, (mapped + JUDGE_MEMORY_HEADROOM, mapped + JUDGE_MEMORY_HEADROOM))
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
 
 
 def supervise(conn: socket.socket) -> None:
@@ -191,6 +203,19 @@ def supervise(conn: socket.socket) -> None:
         bound_judge_memory()
         verdicts = judge.judge_job(json.loads(job))
         send_line(conn, {"verdicts": verdicts})
+        return
+    if header.get("role") == "kernel":
+        for fd in fds:
+            os.close(fd)
+        kernel = json.loads(job)
+        # its address-space limit counts what the kernel maps beyond the server's imports, which a fresh
+        # kernel would map itself (``--memory`` as the cgroup counts it: pages the submission makes)
+        spec = {**kernel["sandbox"], "memory": int(kernel["sandbox"]["memory"]) + mapped_bytes()}
+        sandbox.hand_over(spec, [kernel["connection_file"]])
+        sandbox.enter_namespaces()
+        child = sandbox.fork_confined(spec, lambda: run_kernel(conn, kernel["connection_file"]),
+                                      base_env=header["env"], pass_fds=(conn.fileno(),))
+        watch(conn, child)
         return
     if len(fds) != 2:
         raise ConnectionError("a runner request needs its answer and stderr pipes")
@@ -213,18 +238,77 @@ def supervise(conn: socket.socket) -> None:
     del job
     os.close(answer_fd)
     os.close(stderr_fd)
+    watch(conn, child)
+
+
+FORWARDED = {int(signal.SIGINT): signal.SIGINT}  # what a kernel's client may pass on (nbclient's interrupt)
+
+
+def watch(conn: socket.socket, child: int) -> None:
+    """Report the child's pid, pass on the interrupts its client forwards, report its exit status; kill it
+    when the client goes away (a judge or a kernel client that is gone wants nothing more from it)."""
     send_line(conn, {"pid": child, "group": os.getpid()})
     pidfd = os.pidfd_open(child)
+    buffer = b""
     while True:
         ready, _, _ = select.select([conn, pidfd], [], [])
         if pidfd in ready:
             _, status = os.waitpid(child, 0)
             send_line(conn, {"exit": os.waitstatus_to_exitcode(status)})
             return
-        if not conn.recv(4096):  # the judge is gone: nobody wants this call any more
+        chunk = conn.recv(4096)
+        if not chunk:
             os.kill(child, signal.SIGKILL)
             os.waitpid(child, 0)
             return
+        *lines, buffer = (buffer + chunk)[-4096:].split(b"\n")
+        for line in lines:
+            try:
+                number = json.loads(line).get("signal")
+            except (ValueError, AttributeError):
+                continue
+            if number in FORWARDED:
+                os.kill(child, FORWARDED[number])
+
+
+# ---- a kernel forked from the server ------------------------------------------------------------------
+# Not matplotlib_inline: imported before the kernel's shell exists, it would not hook itself into the shell.
+KERNEL_PRELOAD = ["ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell"]
+
+
+def run_kernel(conn: socket.socket, connection_file: str) -> None:
+    """In the confined child: become the student's IPython kernel, as ``python -m ipykernel_launcher -f
+    CONNECTION_FILE`` would, with the server's imports already done. Its output goes to /dev/null (what its
+    cells print travels over the kernel's sockets)."""
+    from autograder import sandbox
+
+    conn.close()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    sandbox.dumpable_again()
+    sys.path.insert(0, os.getcwd())  # as ``python -m`` does: the notebook's folder first
+    sys.argv = ["ipykernel_launcher", "-f", connection_file]
+    fresh_interpreter_state()
+    from ipykernel.kernelapp import IPKernelApp
+
+    IPKernelApp.launch_instance(argv=["-f", connection_file])
+    os._exit(0)
+
+
+def fresh_interpreter_state() -> None:
+    """What a fresh kernel would have that a fork of the server does not: its own random state (numpy's global
+    generator was seeded once, in the server) and matplotlib's backend from this environment (the server
+    imported matplotlib with MPLBACKEND=Agg; ipykernel's default is the inline backend)."""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+    matplotlib = sys.modules.get("matplotlib")
+    if matplotlib is not None:
+        backend = os.environ.get("MPLBACKEND") or "module://matplotlib_inline.backend_inline"
+        os.environ["MPLBACKEND"] = backend
+        matplotlib.rcParams["backend"] = backend
 
 
 # ---- starting and stopping it (the grading pipeline, tests) ---------------------------------------------
@@ -402,7 +486,41 @@ def run_judge(socket_path: str, job: dict, timeout: float) -> dict:
     return message["verdicts"]
 
 
+def kernel_client(argv: list[str]) -> int:
+    """``kernel SPEC CONNECTION_FILE -- FALLBACK...``: the student's kernel as jupyter_client starts it (the
+    sandbox kernel's kernel.json, ``pipeline.sandbox_settings``). With a fork server ($FTLAB_FORK_SERVER),
+    ask it for a kernel forked into the sandbox ``SPEC`` describes and stand in for it: exit with its status,
+    pass on SIGINT (nbgrader interrupts a cell that overruns), and take it down when killed (the server kills
+    a kernel whose client is gone). Without one, or if the server refuses, exec FALLBACK (the same kernel
+    started as a fresh interpreter through ``sandbox.wrap``)."""
+    from autograder import sandbox
+
+    spec = json.loads(base64.urlsafe_b64decode(argv[0]))
+    connection_file, fallback = argv[1], argv[3:] if argv[2:3] == ["--"] else argv[2:]
+    server = os.environ.get(SERVER_VARIABLE)
+    if server and supported():
+        try:
+            conn = connect(server, {"role": "kernel", "env": sandbox.safe_environment(os.environ)},
+                           json.dumps({"sandbox": spec, "connection_file": connection_file}).encode(), [])
+            message, rest = read_line(conn)
+            if "pid" not in message:
+                raise ConnectionError(f"the fork server refused: {message.get('error', message)}")
+        except (OSError, ValueError) as error:
+            print(f"kernel: fork server at {server}: {error}; starting a fresh kernel instead", file=sys.stderr,
+                  flush=True)
+        else:
+            conn.settimeout(None)
+            signal.signal(signal.SIGINT, lambda *_: conn.sendall(b'{"signal": 2}\n'))
+            child = ForkedChild(conn, int(message["group"]), None)
+            child._buffer = rest
+            code = child.wait()
+            return 1 if code is None else (code if code >= 0 else 128 - code)
+    os.execvp(fallback[0], fallback)
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["kernel"]:
+        return kernel_client(argv[1:])
     serve(argv[0], json.loads(argv[1]))
     return 0
 

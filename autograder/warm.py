@@ -7,13 +7,15 @@ submission's "gradebook" step, measured: a process's first no-execute autograde 
 When ``FTLAB_WARM_COURSE`` names the run's template course, importing this module records a throw-away
 submission of the *released* notebooks (no kernel, nothing executed: ``execute=False``) and renders its
 feedback page in a private copy, so every forked grading process starts warm. Only instructor files are
-read; a failure here only costs the time it would have saved.
+read; a failure here only costs the time it would have saved. The pipeline starts this fork server while
+nbgrader is still building the template (it appears whole, renamed into place): the warm-up waits for it.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -36,9 +38,19 @@ def warm_up(template: Path) -> None:
             api.generate_feedback(release.name, WARM_STUDENT, force=True)
 
 
+def wait_for(template: Path, limit: float = 900.0) -> bool:
+    """Wait until the template exists; False if its run ended first (its folder or the pipeline is gone)."""
+    parent, deadline = os.getppid(), time.monotonic() + limit
+    while not template.is_dir():
+        if not template.parent.is_dir() or os.getppid() != parent or time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def main() -> None:
     path = os.environ.pop(WARM_VARIABLE, None)
-    if path:
+    if path and wait_for(Path(path)):
         try:
             warm_up(Path(path))
         except Exception:  # noqa: BLE001 - the fork server must start whatever happens here
