@@ -131,11 +131,22 @@ def build_template(opts: Options, root: Path) -> tuple[Path, float]:
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         raise InstructorError(f"nbgrader generate_assignment {opts.assignment} failed: {last}")
-    from nbgrader.api import Gradebook
-    with Gradebook(f"sqlite:///{template / 'gradebook.db'}") as gb:
-        max_score = gb.find_assignment(opts.assignment).max_code_score
     template = template.rename(root / "template")
-    return template, float(max_score)
+    return template, max_code_score(template / "release" / opts.assignment)
+
+
+def max_code_score(release: Path) -> float:
+    """The assignment's points, as nbgrader's gradebook sums them (``max_code_score``: the points of its graded
+    code cells), read from the notebooks nbgrader just generated: importing nbgrader here would cost seconds."""
+    from autograder.cells import nbgrader_meta
+
+    total = 0.0
+    for path in sorted(release.glob("*.ipynb")):
+        for cell in json.loads(path.read_text()).get("cells", []):
+            meta = nbgrader_meta(cell)
+            if meta.get("grade") and cell.get("cell_type") == "code":
+                total += float(meta.get("points", 0) or 0)
+    return total
 
 
 # ----------------------------------------------------------------------------- one job per submission
