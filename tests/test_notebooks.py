@@ -79,6 +79,12 @@ def test_release_is_generated_from_source(assignment, tmp_path):
                 f"release/{assignment}/{new.name} is stale: run `make release` and commit it")
         elif new.is_file():
             assert new.read_bytes() == old.read_bytes()
+    # the grading pipeline reads the assignment's points from the release notebooks, not the gradebook
+    from nbgrader.api import Gradebook
+
+    from autograder.pipeline import max_code_score
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        assert max_code_score(course / "release" / assignment) == gb.find_assignment(assignment).max_code_score > 0
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
