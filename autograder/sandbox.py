@@ -451,20 +451,21 @@ def scratch_folder(link: Path) -> Path:
 
 
 def lock_scratch(path: Path) -> None:
-    """Give a ``scratch_folder`` on tmpfs (``path``, or the link to it) and the files in it back to root,
-    read-only for the sandbox's uid: once the kernel has bound its sockets there, its code can no longer create
-    files (filling the host's /dev/shm) nor write to its connection file. As root only: a plain user's sandbox
-    runs as that same user, who could take the folder back (README, Known limits)."""
+    """Give a ``scratch_folder`` on tmpfs (``path``, or the link to it) and what is in it back to root: once
+    the kernel has bound its sockets there, its code can no longer create files (filling the host's /dev/shm),
+    write to or read its connection file, nor open its socket files to other users of the host (a bound
+    socket keeps working; root, the grading process, connects). As root only: a plain user's sandbox runs as
+    that same user, who could take the folder back (README, Known limits)."""
     folder = os.path.realpath(path)
     if not _is_root() or not os.path.basename(folder).startswith(SCRATCH_PREFIX):
         return
     for name in os.listdir(folder):
-        file = os.path.join(folder, name)
-        if os.path.isfile(file) and not os.path.islink(file):  # the connection file (sockets stay as they are)
-            os.chown(file, 0, 0, follow_symlinks=False)
-            os.chmod(file, 0o644)
+        entry = os.path.join(folder, name)
+        if not os.path.islink(entry):  # the connection file and the kernel's sockets (bound: they keep working)
+            os.chown(entry, 0, 0, follow_symlinks=False)
+            os.chmod(entry, 0o600)
     os.chown(folder, 0, 0)
-    os.chmod(folder, 0o755)
+    os.chmod(folder, 0o711)
 
 
 def remove_scratch(link: Path) -> None:
@@ -494,9 +495,24 @@ def make_spec(*, workdir: Path, memory_bytes: int | None = None, cpu_seconds: in
     """
     uid = DEFAULT_UID if uid is None else uid
     memory_bytes = DEFAULT_MEMORY if memory_bytes is None else memory_bytes
+    hide = [str(Path(p).resolve()) for p in hide]
     return {"workdir": str(Path(workdir).resolve()), "memory": int(memory_bytes), "cpu": int(cpu_seconds),
             "processes": int(processes), "uid": int(uid), "keep": [os.path.abspath(p) for p in keep],
-            "hide": [str(Path(p).resolve()) for p in hide], "cgroups": [str(p) for p in cgroups]}
+            "hide": [p for p in hide if _inside_view(p)], "cgroups": [str(p) for p in cgroups]}
+
+
+def _inside_view(path: str) -> bool:
+    """Whether ``path`` lies inside a host path VIEW binds: only those need hiding. The others are left out of
+    the spec, which a forked sandbox child inherits in its memory: it would learn where the course, the
+    submissions and the output are (red team of 2026-12-03, second round)."""
+    sources = _view_sources()
+    for entry, how, _ in VIEW:
+        if how in ("ro", "host"):
+            for target in sources.get(entry, [entry]):
+                for bound in dict.fromkeys([target, os.path.realpath(target)]):
+                    if path == bound or path.startswith(bound.rstrip("/") + "/"):
+                        return True
+    return False
 
 
 def wrap(argv: list[str], *, workdir: Path, memory_bytes: int | None = None,

@@ -89,6 +89,31 @@ except OSError:
     pass
 fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
 found["initial"] = ctypes.string_at(int(fields[-3]), int(fields[-2]) - int(fields[-3])).decode("latin-1")
+found["in_memory"] = []  # every readable mapping of this process: what the fork inherited
+with open("/proc/self/mem", "rb", 0) as mem:
+    for line in open("/proc/self/maps"):
+        parts = line.split()
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        if "r" not in parts[1] or end - start > 300 << 20 or parts[-1] in ("[vvar]", "[vsyscall]"):
+            continue
+        try:
+            mem.seek(start)
+            data = mem.read(end - start)
+        except (OSError, OverflowError, ValueError):
+            continue
+        for head, tail in WORDS:  # the word is never whole in this process, unless it was there before
+            at = data.find(head.encode())
+            while at >= 0 and head + "|" + tail not in found["in_memory"]:
+                if data[at + len(head):at + len(head) + len(tail)] == tail.encode():
+                    found["in_memory"].append(head + "|" + tail)
+                at = data.find(head.encode(), at + 1)
+found["runtime"] = []  # the runtime folder, once the grading side has locked it
+for name in NAMES:
+    try:
+        os.chmod(os.path.join(RUNTIME, name), 0o777)
+        found["runtime"].append(name)
+    except OSError:
+        pass
 print(json.dumps(found))
 """
 
@@ -103,9 +128,17 @@ def test_a_forked_kernel_is_confined_like_a_fresh_one(server, tmp_path, monkeypa
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     paths = [str(secret), str(pipeline.REPO / "source" / "quiz" / "quiz.ipynb"), server]
-    km, _ = start_kernel(tmp_path, monkeypatch, server, hide=[secret.parent])
+    elsewhere = tmp_path / "instructor-only"  # hidden too; its name appears nowhere in what the kernel is sent
+    km, _ = start_kernel(tmp_path, monkeypatch, server, hide=[secret.parent, elsewhere])
+    runtime = tmp_path / "job" / "runtime"
+    words = [(w[:len(w) // 2], w[len(w) // 2:]) for w in (str(elsewhere), "s3cr3t-token", SERVER_SECRET)]
     try:
-        code = f"PATHS, PORT = {paths!r}, {listener.getsockname()[1]}\n" + PROBE
+        run(km, "1")  # ready: the grading side locks the runtime folder now (grade_one's CappedExecute)
+        sandbox.lock_scratch(runtime)
+        names = sorted(os.listdir(runtime))  # the connection file and the ipc socket files (kernel-N)
+        assert len(names) >= 6, names
+        code = (f"PATHS, PORT, RUNTIME, NAMES = {paths!r}, {listener.getsockname()[1]}, {str(runtime)!r}, {names!r}\n"
+                f"WORDS = {words!r}\n" + PROBE)
         status, text = run(km, code)
         assert status == "ok", text
         found = json.loads(text)
@@ -119,6 +152,8 @@ def test_a_forked_kernel_is_confined_like_a_fresh_one(server, tmp_path, monkeypa
     assert found["cwd"].endswith("autograded/student/a1"), found
     for where in ("environ", "initial"):
         assert "s3cr3t-token" not in str(found[where]) and SERVER_SECRET not in str(found[where]), where
+    assert found["in_memory"] == [], "in the kernel's memory: " + str(found["in_memory"])
+    assert found["runtime"] == [], "the kernel could open up its runtime folder: " + str(found["runtime"])
 
 
 def test_a_forked_kernel_is_interrupted_and_dies_with_its_client(server, tmp_path, monkeypatch):
