@@ -199,3 +199,29 @@ def validate_failures(assignment: str, answers: dict, workdir: Path) -> tuple[se
             if lines and lines[-2 if len(lines) > 1 else -1] in out:
                 failed.add(gid[len("correct_"):])
     return failed, out
+
+
+# What a sandboxed process can reach, run inside it (a runner's function, a kernel's cell): probe(paths, port)
+SANDBOX_PROBE = """
+def probe(paths, port):
+    import os, socket
+    found = {"uid": os.getuid(), "read": [], "loopback": False, "processes": 0, "environ": dict(os.environ)}
+    for path in paths:
+        try:
+            open(path).read()
+            found["read"].append(path)
+        except OSError:
+            pass
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=3).close()
+        found["loopback"] = True
+    except OSError:
+        pass
+    found["processes"] = len([p for p in os.listdir("/proc") if p.isdigit()])
+    # the environment strings the process started with, read from its memory (env_start..env_end): a fork
+    # keeps its parent's, whatever os.environ says now
+    import ctypes
+    fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+    found["environ"]["(initial block)"] = ctypes.string_at(int(fields[-3]), int(fields[-2]) - int(fields[-3])).decode("latin-1")
+    return found
+"""

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, make_course, nbgrader
+from grading import SANDBOX_PROBE as PROBE
 
 from autograder import sandbox, server as fork_server
 from autograder.cells import choose_statements, preload_for
@@ -288,29 +289,6 @@ def toy_notebook(answer: str, test: str) -> dict:
             "nbformat": 4, "nbformat_minor": 5}
 
 
-PROBE = """
-def probe(paths, port):
-    import os, socket
-    found = {"uid": os.getuid(), "read": [], "loopback": False, "processes": 0, "environ": dict(os.environ)}
-    for path in paths:
-        try:
-            open(path).read()
-            found["read"].append(path)
-        except OSError:
-            pass
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=3).close()
-        found["loopback"] = True
-    except OSError:
-        pass
-    found["processes"] = len([p for p in os.listdir("/proc") if p.isdigit()])
-    # the environment strings the process started with, read from its memory (env_start..env_end): a fork
-    # keeps its parent's, whatever os.environ says now
-    import ctypes
-    fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
-    found["environ"]["(initial block)"] = ctypes.string_at(int(fields[-3]), int(fields[-2]) - int(fields[-3])).decode("latin-1")
-    return found
-"""
 
 
 @pytest.mark.skipif(not all(v["active"] for v in sandbox.protections().values()), reason="needs every protection (root)")
