@@ -42,8 +42,8 @@ from pathlib import Path
 
 from distributed import WorkerPlugin
 
-from autograder.pipeline import (Options, Progress, Row, grading_settings, log, prepare_job, run_job,
-                                 start_fork_server, warm_grading_processes)
+from autograder.pipeline import (Options, Progress, Row, course_cell_timeout, grading_settings, log, prepare_job,
+                                 run_job, start_fork_server, warm_grading_processes)
 from autograder.submissions import InstructorError, Submission
 
 STARTED_TOPIC = "ftlab-grading-started"  # worker events: which worker started which submission
@@ -113,6 +113,7 @@ class GradingPlugin(WorkerPlugin):
         if self.server is not None:
             self.processes = "forked by the fork server"
         warm_grading_processes(self.template)  # the grading processes' fork server: nbgrader warm, once per worker
+        course_cell_timeout(self.opts)  # read once here (it imports nbgrader), not in the first task
 
     def teardown(self, worker) -> None:
         if self.server is not None:

@@ -15,6 +15,7 @@ share of the cores for framework threads (``thread_settings``).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import multiprocessing
 import secrets
@@ -236,11 +237,18 @@ def grading_settings() -> dict:
 
 
 def course_cell_timeout(opts: Options) -> int:
-    """The course's ``c.Execute.timeout`` (nbgrader_config.py), the limit of every cell and call."""
+    """The course's ``c.Execute.timeout`` (nbgrader_config.py), the limit of every cell and call. Read once per
+    course folder: the config imports nbgrader (about 4 s), so a run reads it in the background while the
+    template is built (``grade``), and a dask worker while it sets up, not in a submission's preparation."""
+    return _config_cell_timeout(str(Path(opts.course).resolve()))
+
+
+@functools.lru_cache(maxsize=None)
+def _config_cell_timeout(course: str) -> int:
     from traitlets.config.loader import PyFileConfigLoader
 
     try:
-        config = PyFileConfigLoader("nbgrader_config.py", path=str(opts.course)).load_config()
+        config = PyFileConfigLoader("nbgrader_config.py", path=course).load_config()
         return int(config.Execute.timeout)
     except Exception:  # noqa: BLE001 - no readable setting: nbgrader's own default
         return 30
@@ -425,9 +433,10 @@ def grade(opts: Options) -> int:
         mode = (sandbox.summary(protections) if opts.protected else "UNPROTECTED (benchmark mode): no sandbox") + \
             "; verdicts: " + ("the judge" if opts.protected else "student's kernel (nbgrader)")
         log(f"grading {len(subs)} submission(s) of {opts.assignment} with {opts.jobs} job(s); {mode}")
-        if not opts.cluster:  # both import for seconds: let them do it while nbgrader builds the template
+        if not opts.cluster:  # these import for seconds: let them do it while nbgrader builds the template
             server = start_fork_server(opts, root, opts.course / "source" / opts.assignment)
             warm_grading_processes(root / "template")
+            threading.Thread(target=course_cell_timeout, args=(opts,), daemon=True).start()
         template, max_score = build_template(opts, root)
         rules = late.load_rules(opts.course, opts.assignment, opts.due, opts.extensions)
         course = course_db.open_course(opts.course, opts.assignment, template) if opts.into_course else None
