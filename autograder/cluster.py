@@ -108,10 +108,8 @@ class GradingPlugin(WorkerPlugin):
                             submission_timeout=s["submission_timeout"], memory_bytes=s["memory_bytes"],
                             protected=s["protected"], keep_temp=s["keep_temp"])
         self.counter, self.lock, self.server = itertools.count(), threading.Lock(), None
-        self.processes = "fresh interpreters"
         self.server = start_fork_server(self.opts, self.root, self.template / "source" / self.opts.assignment)
-        if self.server is not None:
-            self.processes = "forked by the fork server"
+        self.processes = "forked by the fork server" if self.server else "fresh interpreters"
         warm_grading_processes(self.template)  # the grading processes' fork server: nbgrader warm, once per worker
         course_cell_timeout(self.opts)  # read once here (it imports nbgrader), not in the first task
 

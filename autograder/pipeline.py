@@ -158,7 +158,7 @@ def sandbox_settings(opts: Options, job: Path, workdir: Path, uid: int, hide: li
     # read through the inherited descriptors); what its cells print reaches the notebook over its sockets.
     kernel = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     limits = dict(workdir=workdir, memory_bytes=opts.memory_bytes, cpu_seconds=opts.submission_timeout, uid=uid,
-                  hide=tuple(hide), keep=(runtime,), cgroups=groups, processes=sandbox.process_limit(groups))
+                  hide=tuple(hide), keep=(runtime,), cgroups=groups)
     fresh = sandbox.wrap(["/bin/sh", "-c", 'exec "$@" >/dev/null 2>&1', "kernel", *kernel],
                          give=("{connection_file}",), **limits)
     # With the run's fork server, the kernel is forked from it into the same sandbox, its imports done
@@ -203,7 +203,7 @@ def prepare_job(opts: Options, root: Path, template: Path, sub: Submission, inde
             "notebooks": sorted(sub.notebooks), "use_judge": opts.protected,
             "judge_timeout": opts.submission_timeout / 2, "cell_timeout": opts.cell_timeout or course_cell_timeout(opts),
             "sandbox": {"uid": uid, "hide": [str(p) for p in hide], "memory_bytes": opts.memory_bytes,
-                        "cgroups": groups, "processes": sandbox.process_limit(groups)},
+                        "cgroups": groups},
             "template_cache": str(root / "template-cache")}  # compiled feedback templates, shared by the run's jobs
     (job / "job.json").write_text(json.dumps(spec, indent=1))
     return {"dir": job, "uid": uid, "spec": spec, "hide": [str(p) for p in hide], "cgroups": groups,
@@ -364,8 +364,8 @@ def grade_here(opts: Options, root: Path, template: Path, gradable: list, progre
                server: fork_server.ForkServer | None) -> dict:
     """Grade on this machine: ``opts.jobs`` grading processes at once, with the run's fork server."""
     todo = [(sub, prepare_job(opts, root, template, sub, i)) for i, sub in gradable]
-    for _, job in todo:
-        if server is not None:
+    if server is not None:
+        for _, job in todo:
             job["fork_server"] = str(server.socket_path)
     with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
         futures = {pool.submit(run_job, opts, job, sub): sub for sub, job in todo}

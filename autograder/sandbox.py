@@ -355,13 +355,6 @@ def submission_group(name: str, memory_bytes: int, processes: int) -> list[str]:
     return made
 
 
-def process_limit(groups) -> int:
-    """Each sandboxed process's RLIMIT_NPROC: DEFAULT_PROCESSES, or 16 more when the submission's pids group
-    (``submission_group``) holds it to DEFAULT_PROCESSES, so that the group is the bound a fork bomb meets
-    (the kernel checks the rlimit first) and ``group_report`` can say so."""
-    return DEFAULT_PROCESSES + (16 if any(os.path.exists(os.path.join(g, "pids.max")) for g in groups or ()) else 0)
-
-
 def join_group(paths) -> None:
     """Move this process into the submission's cgroups (before it builds its view or drops root)."""
     for path in paths or ():
@@ -496,6 +489,11 @@ def make_spec(*, workdir: Path, memory_bytes: int | None = None, cpu_seconds: in
     uid = DEFAULT_UID if uid is None else uid
     memory_bytes = DEFAULT_MEMORY if memory_bytes is None else memory_bytes
     hide = [str(Path(p).resolve()) for p in hide]
+    if any(os.path.exists(os.path.join(g, "pids.max")) for g in cgroups):
+        # the submission's pids group (``submission_group``) is its process bound: each process's RLIMIT_NPROC
+        # sits a little above it, so that a fork bomb meets the group (the kernel checks the rlimit first) and
+        # ``group_report`` can say so
+        processes += 16
     return {"workdir": str(Path(workdir).resolve()), "memory": int(memory_bytes), "cpu": int(cpu_seconds),
             "processes": int(processes), "uid": int(uid), "keep": [os.path.abspath(p) for p in keep],
             "hide": [p for p in hide if _inside_view(p)], "cgroups": [str(p) for p in cgroups]}
