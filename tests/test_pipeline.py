@@ -438,6 +438,34 @@ def test_the_cell_limit_is_the_courses_execute_timeout(tmp_path):
     assert course_cell_timeout(Options(assignment="x", submissions=tmp_path, out=tmp_path, course=REPO)) == 180
 
 
+def schema(db: Path) -> tuple[set, list]:
+    import sqlite3
+    from contextlib import closing
+    with closing(sqlite3.connect(db)) as conn:
+        return (set(conn.execute("SELECT type, name, sql FROM sqlite_master")),
+                conn.execute("SELECT version_num FROM alembic_version").fetchall())
+
+
+def test_the_template_gradebook_equals_the_one_nbgrader_makes(course, tmp_path):
+    """The template's gradebook starts stamped with the schema version read from nbgrader's migration scripts
+    (no ``alembic heads`` subprocess); it must end exactly as a gradebook nbgrader creates and stamps itself."""
+    from autograder import pipeline
+    from nbgrader.api import Gradebook
+
+    env_path = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
+    os.environ["PATH"], before = env_path, os.environ["PATH"]  # nbgrader finds alembic on PATH
+    try:
+        with Gradebook(f"sqlite:///{tmp_path / 'nbgrader.db'}"):
+            pass
+    finally:
+        os.environ["PATH"] = before
+    (tmp_path / "run").mkdir()
+    template, _ = pipeline.build_template(pipeline.Options(assignment="mini", submissions=tmp_path,
+                                                           out=tmp_path, course=course), tmp_path / "run")
+    tables, version = schema(template / "gradebook.db")
+    assert (tables, version) == schema(tmp_path / "nbgrader.db") and len(version) == 1
+
+
 # ----------------------------------------------------------------------------- CSV cells (issue 12, fast)
 @pytest.mark.parametrize("cell,written", [
     ("=HYPERLINK(\"http://x\",\"y\")", "'=HYPERLINK(\"http://x\",\"y\")"), ("+1+2", "'+1+2"), ("-2+3", "'-2+3"),
