@@ -86,6 +86,20 @@ def restart_optimizer(model, learning_rate=None):
     optimizer.learning_rate.assign(rate)
 
 
+def build_before_fit(model, X, y):
+    """Create a compiled ``model``'s optimizer, loss and metric variables now, on two examples, so that the next
+    ``fit`` traces its training step once. Left to ``fit``, Keras 3 (TensorFlow backend) creates them inside
+    the first trace and TensorFlow then traces the step again: 5-7 s more on the lesson's step-5 model
+    (``python -m benchmarks.keras_first_fit``). Changes no weight; the metrics are reset afterwards."""
+    predicted = model(X[:2], training=False)
+    model.compute_loss(x=X[:2], y=y[:2], y_pred=predicted)
+    model.compute_metrics(X[:2], y[:2], predicted, sample_weight=None)
+    model.reset_metrics()
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    return model
+
+
 class GroupAdam(keras.optimizers.Adam):
     """Adam with its own learning rate for each group of variables, like PyTorch's parameter groups.
 

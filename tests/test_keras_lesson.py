@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, make_course, nbgrader
+from conftest import REPO, make_course, nbgrader, run_python
 from grading import (PASS, grade_id, grade_in_production, judge_verdicts, release_notebook, solutions,
                      source_notebook, table_entries, table_submissions, validate_failures, visible_verdicts,
                      with_answers)
@@ -283,3 +283,37 @@ def test_untouched_student_notebook_gets_zero(production):
 @pytest.mark.parametrize("k", range(len(SEED_MISTAKES)))
 def test_the_seeds_mistakes_lose_exactly_the_points_of_their_checks(production, k):
     assert production[0][f"seed_mistakes_{k}"] == full_marks_except(*SEED_MISTAKES[k])
+
+
+# ---- course.keras_tools.build_before_fit ------------------------------------------------------------------
+def test_build_before_fit_makes_the_first_fit_trace_its_step_once_and_changes_no_weight():
+    """What the lesson says of it: left to ``fit``, Keras traces the training step twice (its variables are
+    created during the first trace); after ``build_before_fit`` once, and no weight has moved."""
+    result = run_python("""
+        import numpy as np
+        from tensorflow import keras
+        from course.keras_tools import as_dataset, build_before_fit
+
+        def first_fit(prepare):
+            keras.utils.set_random_seed(0)
+            inputs = keras.Input((8, 8, 3))
+            x = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs))
+            x = keras.layers.GlobalAveragePooling2D()(x)
+            model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(x))
+            model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
+            X = np.random.default_rng(0).random((20, 8, 8, 3), dtype="float32")
+            y = np.eye(5, dtype="float32")[np.arange(20) % 5]
+            before = [w.numpy().copy() for w in model.weights]
+            if prepare:
+                build_before_fit(model, X, y)
+            unchanged = all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))
+            traces, step = [], model.train_step
+            model.train_step = lambda data: (traces.append(1), step(data))[1]
+            model.fit(as_dataset(X, y, 10), epochs=2, verbose=0)
+            return len(traces), unchanged
+
+        print("traces", first_fit(False), first_fit(True))
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "traces (2, True) (1, True)", result.stdout
+
