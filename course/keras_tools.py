@@ -89,7 +89,7 @@ def restart_optimizer(model, learning_rate=None):
 def build_before_fit(model, X, y):
     """Create a compiled ``model``'s optimizer, loss and metric variables now, on two examples, so that the next
     ``fit`` traces its training step once. Left to ``fit``, Keras 3 (TensorFlow backend) creates them inside
-    the first trace and TensorFlow then traces the step again: 5-7 s more on the lesson's step-5 model
+    the first trace and TensorFlow then traces the step again: 6.7-7.7 s more on the lesson's step-5 model
     (``python -m benchmarks.keras_first_fit``). Changes no weight; the metrics are reset afterwards."""
     predicted = model(X[:2], training=False)
     model.compute_loss(x=X[:2], y=y[:2], y_pred=predicted)
