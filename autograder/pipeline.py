@@ -145,11 +145,13 @@ def alembic_head() -> str | None:
     """The newest revision of nbgrader's gradebook schema, read from its migration scripts (what ``alembic
     heads`` prints), or None when they do not form one chain."""
     spec = importlib.util.find_spec("nbgrader")  # found, not imported: its import costs seconds
+    if spec is None or spec.origin is None:
+        return None
     revisions, parents = set(), set()
     for script in (Path(spec.origin).parent / "alembic" / "versions").glob("*.py"):
-        text = script.read_text()
-        found = re.search(r"^revision\s*=\s*['\"](\w+)['\"]", text, re.M)
-        parent = re.search(r"^down_revision\s*=\s*['\"](\w+)['\"]", text, re.M)
+        text = script.read_text()  # `revision = 'abc'`, or with a type annotation: `revision: str = 'abc'`
+        found = re.search(r"^revision\s*(?::[^=\n]*)?=\s*['\"](\w+)['\"]", text, re.M)
+        parent = re.search(r"^down_revision\s*(?::[^=\n]*)?=\s*['\"](\w+)['\"]", text, re.M)
         if found:
             revisions.add(found.group(1))
         if parent:

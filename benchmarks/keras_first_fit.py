@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.keras_first_fit            # each way in a fresh interpreter
 
 The lesson's step 5 model (the last 8 blocks of MobileNetV2 and the head, on stored activations of the frozen
-front, 150 training images, batch 32), compiled, then fitted three times for 2 epochs. Three ways:
+front, 150 training images, batch 32), compiled, then fitted three times for 2 epochs. Four ways:
 
 * ``plain``: as the lesson does it. With the TensorFlow backend and no distribution strategy, Keras 3 creates
   the optimizer's slots and the metrics' variables inside the first trace of the training step; TensorFlow

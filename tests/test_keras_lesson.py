@@ -316,4 +316,3 @@ def test_build_before_fit_makes_the_first_fit_trace_its_step_once_and_changes_no
     """)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "traces (2, True) (1, True)", result.stdout
-
