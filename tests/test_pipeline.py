@@ -446,19 +446,15 @@ def schema(db: Path) -> tuple[set, list]:
                 conn.execute("SELECT version_num FROM alembic_version").fetchall())
 
 
-def test_the_template_gradebook_equals_the_one_nbgrader_makes(course, tmp_path):
+def test_the_template_gradebook_equals_the_one_nbgrader_makes(course, tmp_path, monkeypatch):
     """The template's gradebook starts stamped with the schema version read from nbgrader's migration scripts
     (no ``alembic heads`` subprocess); it must end exactly as a gradebook nbgrader creates and stamps itself."""
     from autograder import pipeline
     from nbgrader.api import Gradebook
 
-    env_path = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
-    os.environ["PATH"], before = env_path, os.environ["PATH"]  # nbgrader finds alembic on PATH
-    try:
-        with Gradebook(f"sqlite:///{tmp_path / 'nbgrader.db'}"):
-            pass
-    finally:
-        os.environ["PATH"] = before
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])  # alembic
+    with Gradebook(f"sqlite:///{tmp_path / 'nbgrader.db'}"):
+        pass
     (tmp_path / "run").mkdir()
     template, _ = pipeline.build_template(pipeline.Options(assignment="mini", submissions=tmp_path,
                                                            out=tmp_path, course=course), tmp_path / "run")
