@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -109,6 +110,25 @@ def shrink_output(kind: str, content: dict, room: int) -> dict | None:
             return None
         return {**content, "data": {"text/plain": _cut_text(text, room)}, "metadata": {}}
     return None
+
+
+_MARKER = re.compile(r"\n\.\.\. \(output cut: (?:(\d+) bytes; the grader keeps at most [\d.e+-]+ MB of output per cell"
+                     r" and [\d.e+-]+ MB per notebook)?(?:; )?(?:(\d+) message\(s\) of more than [\d.e+-]+ MB from the"
+                     r" kernel were dropped unread)?\)\n")
+
+
+def marker_counts(output) -> tuple[int, int] | None:
+    """(bytes cut, messages dropped) if ``output`` is a marker made by ``OutputBudget.note_cut``, else None.
+
+    A later pass (``CapOutputs`` after ``CappedExecute``, then again on the feedback page) folds these counts
+    into its own marker instead of counting the marker as output, which it would cut and then report as the
+    only bytes cut. A student who prints marker text only changes what their own marker says."""
+    if output.get("output_type") != "stream" or not isinstance(output.get("text"), str):
+        return None
+    found = _MARKER.fullmatch(output["text"])
+    if found is None or not any(found.groups()):
+        return None
+    return int(found.group(1) or 0), int(found.group(2) or 0)
 
 
 class OutputBudget:
@@ -306,6 +326,10 @@ def output_cap_classes():
                     continue
                 kept, cut = [], 0
                 for out in cell.get("outputs", []):
+                    earlier = marker_counts(out)
+                    if earlier is not None:  # an earlier pass's marker: its counts go into this pass's marker
+                        budget.note_cut(kept, index, n=earlier[0], dropped=earlier[1])
+                        continue
                     size, room = _size(out), budget.room(index)
                     if size <= room:
                         kept.append(out)

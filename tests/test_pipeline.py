@@ -523,6 +523,30 @@ def test_cap_outputs_cuts_text_images_and_keeps_errors_and_verdicts():
     nbformat.validate(nb)
 
 
+def test_a_second_cap_pass_keeps_the_first_pass_count_of_what_was_cut():
+    """CappedExecute cuts while the kernel runs and adds a marker; CapOutputs then caps the executed notebook,
+    and again the feedback page. The later passes fold the marker's counts into theirs: a 2 MB flood must not
+    be reported as the hundred-odd bytes of the marker the second pass had to cut."""
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from autograder.grade_one import OutputBudget, marker_counts, output_cap_classes
+
+    _, CapOutputs = output_cap_classes()
+    outputs = [new_output("stream", name="stdout", text="y" * 2000)]
+    OutputBudget(cell_bytes=2000).note_cut(outputs, 0, n=1_954_424, dropped=1)  # what CappedExecute leaves
+    outputs.append(new_output("stream", name="stderr", text="warning\n"))
+    nb = new_notebook(cells=[new_code_cell("flood()", outputs=outputs)])
+    cap = CapOutputs()
+    cap.cell_bytes = 2000
+    for _ in range(2):  # after execution, then on the feedback page
+        nb, _ = cap.preprocess(nb, {})
+        markers = [marker_counts(o) for o in nb.cells[0].outputs if marker_counts(o) is not None]
+        assert len(markers) == 1, nb.cells[0].outputs
+        cut, dropped = markers[0]
+        assert dropped == 1 and 1_954_424 < cut < 1_954_424 + 100, markers  # the stderr line (and a few bytes) more
+    assert marker_counts(new_output("stream", name="stdout", text="\n... (output cut: 12 apples)\n")) is None
+
+
 CAPPED_RUN = r"""
 import resource, sys
 from nbformat.v4 import new_code_cell, new_notebook
