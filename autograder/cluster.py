@@ -42,6 +42,7 @@ from pathlib import Path
 
 from distributed import WorkerPlugin
 
+from autograder import sandbox
 from autograder.pipeline import (Options, Progress, Row, course_cell_timeout, grading_settings, log, prepare_job,
                                  run_job, start_fork_server, warm_grading_processes)
 from autograder.submissions import InstructorError, Submission
@@ -108,6 +109,8 @@ class GradingPlugin(WorkerPlugin):
                             submission_timeout=s["submission_timeout"], memory_bytes=s["memory_bytes"],
                             protected=s["protected"], keep_temp=s["keep_temp"])
         self.counter, self.lock, self.server = itertools.count(), threading.Lock(), None
+        if self.opts.protected:  # what killed workers on this machine left behind (sandbox.remove_leftovers)
+            sandbox.remove_leftovers()
         self.server = start_fork_server(self.opts, self.root, self.template / "source" / self.opts.assignment)
         self.processes = "forked by the fork server" if self.server else "fresh interpreters"
         warm_grading_processes(self.template)  # the grading processes' fork server: nbgrader warm, once per worker

@@ -403,10 +403,20 @@ def grade_here(opts: Options, root: Path, template: Path, gradable: list, progre
     if server is not None:
         for _, job in todo:
             job["fork_server"] = str(server.socket_path)
-    with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
-        futures = {pool.submit(run_job, opts, job, sub): sub for sub, job in todo}
-        for future in as_completed(futures):
-            progress.record(futures[future], future.result())
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
+            futures = {pool.submit(run_job, opts, job, sub): sub for sub, job in todo}
+            try:
+                for future in as_completed(futures):
+                    progress.record(futures[future], future.result())
+            except BaseException:  # Ctrl-C, SIGTERM, a bug: the jobs not started yet are not started
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    finally:  # run_job cleans up after the jobs it ran; these are the others' runtime folders and cgroups
+        for _, job in todo:
+            if "limits" not in job:
+                sandbox.remove_group(job["cgroups"])
+                sandbox.remove_scratch(job["dir"] / "runtime")
     return {"judge_processes": "forked by the fork server" if server else "fresh interpreters", "todo": todo}
 
 
@@ -466,6 +476,10 @@ def grade(opts: Options) -> int:
             raise InstructorError(f"no student folders in {opts.submissions}")
         opts.out.mkdir(parents=True, exist_ok=True)
         protections = sandbox.protections() if opts.protected else {}
+        if opts.protected:
+            left = sandbox.remove_leftovers()
+            if left:
+                log(f"removed {len(left)} runtime folder(s) and cgroup(s) left by grading processes that were killed")
         mode = (sandbox.summary(protections) if opts.protected else "UNPROTECTED (benchmark mode): no sandbox") + \
             "; verdicts: " + ("the judge" if opts.protected else "student's kernel (nbgrader)")
         log(f"grading {len(subs)} submission(s) of {opts.assignment} with {opts.jobs} job(s); {mode}")

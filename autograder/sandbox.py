@@ -52,7 +52,8 @@ DEFAULT_CPU_SECONDS = 3600
 DEFAULT_PROCESSES = 512
 DEFAULT_UID = 61000
 FILE_SIZE_LIMIT = 2**30
-SCRATCH_PREFIX = "ftlab-runtime-"  # scratch_folder's folders on /dev/shm
+SCRATCH_PREFIX = "ftlab-runtime-"  # scratch_folder's folders on /dev/shm: ftlab-runtime-<pid of the maker>-...
+GROUP_PREFIX = "ftlab-"  # submission_group's cgroups: ftlab-<pid of the maker>-<name>
 SCRATCH_BYTES = 2**30  # each private tmpfs (working copy, /tmp, /var/tmp, /dev/shm) holds at most this
 MAX_WORKDIR_ENTRIES = 1000  # files and folders copied into the private working copy
 ENV_KEPT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "NBGRADER_EXECUTION", "PYTHONHASHSEED",
@@ -335,7 +336,7 @@ def submission_group(name: str, memory_bytes: int, processes: int) -> list[str]:
     for controller, (base, how) in cgroup_support().items():
         if base is None:
             continue
-        path = os.path.join(base, f"ftlab-{name}")
+        path = os.path.join(base, f"{GROUP_PREFIX}{os.getpid()}-{name}")  # the pid: see remove_leftovers
         v2 = "v2" in how
         try:
             os.makedirs(path, exist_ok=True)
@@ -437,7 +438,7 @@ def scratch_folder(link: Path) -> Path:
         link.mkdir()
         return link
     import tempfile
-    target = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=root)
+    target = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=root)  # the pid: see remove_leftovers
     os.chmod(target, 0o700)
     link.symlink_to(target)
     return link
@@ -459,6 +460,45 @@ def lock_scratch(path: Path) -> None:
             os.chmod(entry, 0o600)
     os.chown(folder, 0, 0)
     os.chmod(folder, 0o711)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists
+        return True
+    return True
+
+
+def remove_leftovers() -> list[str]:
+    """Remove the runtime folders (``scratch_folder``) and cgroups (``submission_group``) of grading processes
+    that died without cleaning up (SIGKILL, the OOM killer, a power cut); returns their paths. Their names
+    carry the pid of the process that made them: only those whose process is gone are touched (a reused pid
+    leaves them for a later sweep), and whatever still runs in such a cgroup (a submission's processes that
+    outlived their grader) is killed first. Pids are this host's: run it where the grading ran."""
+    found = []
+    root = scratch_root()
+    if root is not None:
+        found += [(os.path.join(root, name), name[len(SCRATCH_PREFIX):], "folder") for name in os.listdir(root)
+                  if name.startswith(SCRATCH_PREFIX)]
+    for base, _ in cgroup_support().values():
+        if base is not None:
+            found += [(os.path.join(base, name), name[len(GROUP_PREFIX):], "cgroup") for name in os.listdir(base)
+                      if name.startswith(GROUP_PREFIX) and os.path.isdir(os.path.join(base, name))]
+    removed = []
+    for path, rest, kind in found:
+        pid = rest.split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "folder":
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            remove_group([path])
+        if not os.path.exists(path):
+            removed.append(path)
+    return removed
 
 
 def remove_scratch(link: Path) -> None:

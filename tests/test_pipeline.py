@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -426,6 +427,39 @@ def test_without_the_fork_server_grading_goes_on(course, tmp_path, monkeypatch):
     assert code == 0 and info["verdicts"] == "judge", info
     assert info["judge_processes"] == "fresh interpreters", info
     assert read_rows(tmp_path / "out")["reference"]["score"] == "5"
+
+
+def test_an_interrupted_run_leaves_no_runtime_folder_or_cgroup(course, tmp_path, monkeypatch):
+    """Ctrl-C (or any error) in the middle of a run: the jobs not started are not started, and every job's
+    runtime folder on /dev/shm and cgroups go, the ones never run included (all are made before the first runs)."""
+    from autograder import pipeline, sandbox
+
+    def mine() -> set[str]:
+        tag = f"{os.getpid()}-"
+        places = [(sandbox.scratch_root(), sandbox.SCRATCH_PREFIX)] + [
+            (base, sandbox.GROUP_PREFIX) for base, _ in sandbox.cgroup_support().values()]
+        return {os.path.join(place, name) for place, prefix in places if place
+                for name in os.listdir(place) if name.startswith(prefix + tag)}
+
+    ran = []
+
+    def interrupted(opts, job, sub):
+        ran.append(sub.student_id)
+        assert os.path.islink(job["dir"] / "runtime") or not sandbox.scratch_root()
+        if len(ran) > 1:  # the next job may start before the interruption reaches the main thread
+            time.sleep(2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_job", interrupted)
+    submissions = tmp_path / "submissions"
+    for name in ("alice", "bob", "carol"):
+        shutil.copytree(FIXTURES / "submissions" / "reference", submissions / name)
+    before = mine()
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.grade(pipeline.Options(assignment="mini", submissions=submissions, out=tmp_path / "out", jobs=1,
+                                        course=course))
+    assert ran[0] == "alice" and "carol" not in ran, ran
+    assert mine() == before, mine() - before
 
 
 def test_the_cell_limit_is_the_courses_execute_timeout(tmp_path):

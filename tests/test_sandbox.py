@@ -362,3 +362,41 @@ def test_a_course_checked_out_below_tmp_stays_visible_inside(tmp_path):
             covering = [where for kind, _, where in steps if kind == "ro" and path.startswith(where.rstrip("/") + "/")]
             assert binds or covering, (name, path, steps)
             assert all(i > last_tmpfs for i in binds), (name, path, "bound before a tmpfs that can cover it")
+
+
+LEAVES_LEFTOVERS = r"""
+import os, subprocess, sys
+from pathlib import Path
+from autograder import sandbox
+link = Path(sys.argv[1]) / "runtime"
+folder = os.path.realpath(sandbox.scratch_folder(link))
+group = sandbox.submission_group("leftover-test", 2**30, 30)
+sleeper = subprocess.Popen(["sleep", "600"], preexec_fn=lambda: sandbox.join_group(group), start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(folder, sleeper.pid, *group, flush=True)
+os._exit(0)  # as if killed: no cleanup
+"""
+
+
+@needs_groups
+def test_leftovers_of_a_killed_grader_are_removed_and_only_theirs(tmp_path):
+    """A grading process that dies without cleaning up (SIGKILL, OOM killer) leaves its kernel's runtime folder on
+    /dev/shm and its submission's cgroups, maybe with a process of the submission still in them. The next run's
+    sweep removes them and kills that process; a live process's folder and cgroups are left alone."""
+    done = subprocess.run([sys.executable, "-c", LEAVES_LEFTOVERS, str(tmp_path)], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    folder, sleeper, *group = done.stdout.split()
+    assert os.path.isdir(folder) and group and all(os.path.isdir(g) for g in group), done.stderr[-2000:]
+    assert Path(group[0], "cgroup.procs").read_text().split() == [sleeper]
+    mine = sandbox.scratch_folder(tmp_path / "mine")
+    my_group = sandbox.submission_group("leftover-test-live", 2**30, 30)
+    try:
+        removed = sandbox.remove_leftovers()
+        assert folder in removed and all(g in removed for g in group), removed
+        assert not os.path.exists(folder) and not any(os.path.exists(g) for g in group)
+        state = Path(f"/proc/{sleeper}/status").read_text() if os.path.exists(f"/proc/{sleeper}") else "State: gone"
+        assert "(zombie)" in state or "gone" in state, state
+        assert os.path.isdir(os.path.realpath(mine)) and all(os.path.isdir(g) for g in my_group)
+    finally:
+        sandbox.remove_group(my_group)
+        sandbox.remove_scratch(mine)
