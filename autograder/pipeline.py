@@ -321,6 +321,13 @@ def warm_grading_processes(template: Path) -> threading.Thread:
     return thread
 
 
+def release_job(job: dict) -> None:
+    """Kill what is left of a job's submission and remove its cgroups and runtime folder; ``job["limits"]``
+    says which bounds it reached (a released job has that key)."""
+    job["limits"] = sandbox.remove_group(job["cgroups"])
+    sandbox.remove_scratch(job["dir"] / "runtime")
+
+
 def run_job(opts: Options, job: dict, sub: Submission) -> Row:
     env = {**nbgrader_env(), **thread_settings(opts.jobs), **grading_settings(), "JUPYTER_PATH": str(job["dir"] / "jupyter"),
            "JUPYTER_RUNTIME_DIR": str(job["dir"] / "runtime"), "PYTHONDONTWRITEBYTECODE": "1"}
@@ -341,8 +348,7 @@ def run_job(opts: Options, job: dict, sub: Submission) -> Row:
     finally:
         if opts.protected and sandbox.protections()["separate_user"]["active"]:
             sandbox.kill_user_processes(job["uid"])
-        job["limits"] = sandbox.remove_group(job["cgroups"])  # what is left of the submission dies here
-        sandbox.remove_scratch(job["dir"] / "runtime")
+        release_job(job)
     seconds = time.monotonic() - start
     if timed_out:
         return Row(sub.student_id, "failed", reason=f"grading took longer than {opts.submission_timeout} s"
@@ -409,14 +415,13 @@ def grade_here(opts: Options, root: Path, template: Path, gradable: list, progre
             try:
                 for future in as_completed(futures):
                     progress.record(futures[future], future.result())
-            except BaseException:  # Ctrl-C, SIGTERM, a bug: the jobs not started yet are not started
+            except BaseException:  # Ctrl-C or a bug: the jobs not started yet are not started
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
-    finally:  # run_job cleans up after the jobs it ran; these are the others' runtime folders and cgroups
+    finally:  # run_job releases the jobs it ran; these are the others (all were prepared before the first ran)
         for _, job in todo:
             if "limits" not in job:
-                sandbox.remove_group(job["cgroups"])
-                sandbox.remove_scratch(job["dir"] / "runtime")
+                release_job(job)
     return {"judge_processes": "forked by the fork server" if server else "fresh interpreters", "todo": todo}
 
 

@@ -72,7 +72,6 @@ def import_seconds() -> float:
 
 
 def models():
-    import numpy as np
     from tensorflow import keras
     from tensorflow.keras.layers import BatchNormalization, Dense
     from tensorflow.keras.models import Model
@@ -98,7 +97,7 @@ def models():
     for layer in base.layers[:fine_tune_at]:  # whole-network steps train everything; top steps the last 8 blocks
         layer.trainable = False
     nets = {"top": (top, A), "front": (front, X), "blocks": (blocks, A), "scratch": (scratch, X)}
-    return nets, (whole, base, fine_tune_at, X), np.asarray(y[:BATCH])
+    return nets, (whole, base, fine_tune_at, X), y
 
 
 def checks_seconds() -> float:
@@ -195,11 +194,11 @@ def main() -> None:
             weights=None, include_top=False, pooling="avg", input_shape=(96, 96, 3))
         built[kind] = time.perf_counter() - start
     checks = checks_seconds()
-    nets, (whole, base, fine_tune_at, X), y = models()
-    X_all, y_all = load_arrays("dissimilar", "train", 30)
+    nets, (whole, base, fine_tune_at, X), y_all = models()
+    y = y_all[:BATCH]
     X_val, y_val = load_arrays("dissimilar", "val", 20)
     front, top = nets["front"][0], nets["top"][0]
-    one_fit = fit_seconds(top, front(X_all, training=False).numpy(), y_all, front(X_val, training=False).numpy(), y_val)
+    one_fit = fit_seconds(top, front(X, training=False).numpy(), y_all, front(X_val, training=False).numpy(), y_val)
     per_image, traces = {}, {}
     for name, (net, x) in nets.items():
         step, forward = step_and_forward(net, x[:BATCH], y)
