@@ -112,8 +112,8 @@ def shrink_output(kind: str, content: dict, room: int) -> dict | None:
     return None
 
 
-_MARKER = re.compile(r"\n\.\.\. \(output cut: (?:(\d+) bytes; the grader keeps at most [\d.e+-]+ MB of output per cell"
-                     r" and [\d.e+-]+ MB per notebook)?(?:; )?(?:(\d+) message\(s\) of more than [\d.e+-]+ MB from the"
+_MARKER = re.compile(r"\n\.\.\. \(output cut: (?:(\d{1,15}) bytes; the grader keeps at most [\d.e+-]+ MB of output per cell"
+                     r" and [\d.e+-]+ MB per notebook)?(?:; )?(?:(\d{1,15}) message\(s\) of more than [\d.e+-]+ MB from the"
                      r" kernel were dropped unread)?\)\n")
 
 
@@ -122,13 +122,23 @@ def marker_counts(output) -> tuple[int, int] | None:
 
     A later pass (``CapOutputs`` after ``CappedExecute``, then again on the feedback page) folds these counts
     into its own marker instead of counting the marker as output, which it would cut and then report as the
-    only bytes cut. A student who prints marker text only changes what their own marker says."""
-    if output.get("output_type") != "stream" or not isinstance(output.get("text"), str):
+    only bytes cut. A student who prints marker text only changes what their own marker says (counts of more
+    than 15 digits are not a marker: plain output, capped as such)."""
+    text = marker_text(output)
+    if not isinstance(text, str):
         return None
-    found = _MARKER.fullmatch(output["text"])
+    found = _MARKER.fullmatch(text)
     if found is None or not any(found.groups()):
         return None
     return int(found.group(1) or 0), int(found.group(2) or 0)
+
+
+def marker_text(output):
+    """The text of a marker output: display data, which nbgrader's LimitOutput (a line cap on streams only,
+    run after CapOutputs) never drops; a stream marker, as feedback made before that change has, still counts."""
+    if output.get("output_type") == "display_data":
+        return (output.get("data") or {}).get("text/plain")
+    return output.get("text") if output.get("output_type") == "stream" else None
 
 
 class OutputBudget:
@@ -169,10 +179,10 @@ class OutputBudget:
                          " were dropped unread")
         text = f"\n... (output cut: {'; '.join(parts)})\n"
         if state["marker"] is None or not any(o is state["marker"] for o in outputs):
-            state["marker"] = new_output("stream", name="stdout", text=text)
+            state["marker"] = new_output("display_data", data={"text/plain": text})
             outputs.append(state["marker"])
         else:
-            state["marker"]["text"] = text
+            state["marker"]["data"]["text/plain"] = text
 
 
 def _mb(n: int) -> str:

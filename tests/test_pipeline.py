@@ -534,7 +534,7 @@ def test_cap_outputs_cuts_text_images_and_keeps_errors_and_verdicts():
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-    from autograder.grade_one import output_cap_classes
+    from autograder.grade_one import marker_text, output_cap_classes
 
     _, CapOutputs = output_cap_classes()
     answer = new_code_cell("print(...)", outputs=[new_output("stream", name="stdout", text="x" * 3000)])
@@ -550,10 +550,10 @@ def test_cap_outputs_cuts_text_images_and_keeps_errors_and_verdicts():
     nb, _ = cap.preprocess(nb, {})
     texts = [[o.get("text") or o.get("data") or o.get("evalue") for o in c.outputs] for c in nb.cells]
     assert texts[3] == ["Grader: passed\n"]  # graded test cells are served first
-    assert texts[0][0] == "x" * 2000 and "output cut: 1000 bytes" in texts[0][1]
-    assert texts[1][0] == {"text/plain": "<Figure>"} and "output cut: 5000 bytes" in texts[1][1]
+    assert texts[0][0] == "x" * 2000 and "output cut: 1000 bytes" in marker_text(nb.cells[0].outputs[1])
+    assert texts[1][0] == {"text/plain": "<Figure>"} and "output cut: 5000 bytes" in marker_text(nb.cells[1].outputs[1])
     assert nb.cells[2].outputs[0].output_type == "error" and len(nb.cells[2].outputs[0].evalue) <= 1000
-    assert "output cut" in nb.cells[2].outputs[-1].text
+    assert "output cut" in marker_text(nb.cells[2].outputs[-1])
     nbformat.validate(nb)
 
 
@@ -581,6 +581,42 @@ def test_a_second_cap_pass_keeps_the_first_pass_count_of_what_was_cut():
     assert marker_counts(new_output("stream", name="stdout", text="\n... (output cut: 12 apples)\n")) is None
 
 
+def test_a_printed_marker_with_a_huge_count_is_plain_output():
+    """A student prints marker text with a 5000-digit count (red team, session 7): before, int() refused it
+    (Python's 4300-digit limit), autograde failed and the page lost every output. Now it is not a marker:
+    it is output like any other, counted and cut."""
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from autograder.grade_one import marker_counts, marker_text, output_cap_classes
+
+    fake = ("\n... (output cut: " + "9" * 5000 + " bytes; the grader keeps at most 1 MB of output per cell and 5 MB"
+            " per notebook)\n")
+    assert marker_counts(new_output("stream", name="stdout", text=fake)) is None
+    _, CapOutputs = output_cap_classes()
+    cap = CapOutputs()
+    cap.cell_bytes = 3000
+    nb, _ = cap.preprocess(new_notebook(cells=[new_code_cell("fake()", outputs=[
+        new_output("stream", name="stdout", text=fake)])]), {})
+    assert marker_counts(nb.cells[0].outputs[-1]) == (len(fake) - 3000, 0), [marker_text(o)[:80] for o in nb.cells[0].outputs]
+
+
+def test_the_marker_survives_nbgraders_line_limit():
+    """nbgrader's LimitOutput (after CapOutputs in autograde) drops stream outputs beyond 1000 lines: a flood
+    of short lines lost its marker with them (red team, session 7). The marker is display data, which it keeps."""
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+    from nbgrader.preprocessors import LimitOutput
+
+    from autograder.grade_one import marker_counts, output_cap_classes
+
+    _, CapOutputs = output_cap_classes()
+    nb = new_notebook(cells=[new_code_cell("flood()", outputs=[new_output("stream", name="stdout", text="x\n" * 1_500_000)])])
+    nb, _ = CapOutputs().preprocess(nb, {})
+    nb, _ = LimitOutput().preprocess(nb, {})
+    markers = [marker_counts(o) for o in nb.cells[0].outputs if marker_counts(o)]
+    assert markers == [(3_000_000 - 2**20, 0)], nb.cells[0].outputs[-1]
+    assert "Output truncated" in nb.cells[0].outputs[0].text  # LimitOutput did run on the stream
+
+
 CAPPED_RUN = r"""
 import resource, sys
 from nbformat.v4 import new_code_cell, new_notebook
@@ -590,7 +626,8 @@ nb = new_notebook(cells=[new_code_cell("print('x' * 200_000_000)"), new_code_cel
                          new_code_cell("for i in range(5000):\n    print('y' * 1000)")])
 nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
 CappedExecute(timeout=120, kernel_name="python3", iopub_timeout=1).preprocess(nb, {"metadata": {"path": "."}})
-outputs = [[(o.output_type, (o.get("text") or "")[-300:]) for o in c.outputs] for c in nb.cells]
+outputs = [[(o.output_type, (o.get("text") or o.get("data", {}).get("text/plain") or "")[-300:]) for o in c.outputs]
+           for c in nb.cells]
 sizes = [sum(len(o.get("text") or "") for o in c.outputs) for c in nb.cells]
 print("RESULT", {"outputs": outputs, "sizes": sizes,
                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024})
