@@ -36,7 +36,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 
@@ -98,8 +97,7 @@ class GradingPlugin(WorkerPlugin):
         if multiprocessing.current_process().daemon:
             raise RuntimeError(DAEMON_HELP)
         os.environ.update(self.settings["environment"])  # the client's FTLAB_WEIGHTS: the same checks' weights
-        self.root = Path(tempfile.mkdtemp(prefix="ftlab-worker-"))
-        os.chmod(self.root, 0o700)
+        self.root = sandbox.private_folder("ftlab-worker-")
         self.template = write_files(self.files, self.root / "template")
         for name in ("received", "out"):
             (self.root / name).mkdir()
@@ -119,7 +117,9 @@ class GradingPlugin(WorkerPlugin):
     def teardown(self, worker) -> None:
         if self.server is not None:
             self.server.stop()
-        if not self.opts.keep_temp:
+        if self.opts.keep_temp:
+            sandbox.keep_folder(self.root)
+        else:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def grade(self, worker, student_id: str, notebooks: dict[str, bytes]) -> tuple[str, bytes | None]:

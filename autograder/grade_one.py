@@ -636,12 +636,26 @@ def die_with_parent() -> None:
             os._exit(1)
 
 
+def forget_fork_server_pipe() -> None:
+    """Close this child's copy of the pipe whose other end tells multiprocessing's fork server that the run is
+    gone. CPython gives one to every child it forks; while a child holds it the fork server never sees the
+    run die, and a child tied to the fork server (``die_with_parent``) then outlives a killed run."""
+    import os
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver  # noqa: SLF001 - CPython keeps the pipe's end there (3.8-3.13)
+    if getattr(server, "_forkserver_alive_fd", None) is not None:
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
+
+
 def child_main(job_file: str, env: dict, cwd: str, log_path: str) -> None:
     """Entry point of a child forked by the pipeline's fork server: its own session, log, environment."""
     import os
     import tempfile
 
     os.setsid()
+    forget_fork_server_pipe()
     die_with_parent()
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)

@@ -15,6 +15,7 @@ share of the cores for framework threads (``thread_settings``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import importlib.util
 import json
@@ -27,7 +28,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from contextlib import closing
@@ -306,14 +306,16 @@ def grading_processes():
 def warm_grading_processes(template: Path) -> threading.Thread:
     """Start the grading processes' fork server now, in the background, warmed up on ``template``
     (``autograder.warm``: nbgrader's first-use costs paid once, not by every submission)."""
-    from autograder.warm import WARM_VARIABLE
+    from autograder.warm import PARENT_VARIABLE, WARM_VARIABLE
 
     os.environ[WARM_VARIABLE] = str(template)  # read (and removed) by the fork server when it starts
+    os.environ[PARENT_VARIABLE] = str(os.getpid())
 
     def start() -> None:
         process = grading_processes().Process(target=time.sleep, args=(0,))
         process.start()
         os.environ.pop(WARM_VARIABLE, None)
+        os.environ.pop(PARENT_VARIABLE, None)
         process.join()
 
     thread = threading.Thread(target=start, daemon=True)
@@ -339,6 +341,7 @@ def run_job(opts: Options, job: dict, sub: Submission) -> Row:
     proc = grading_processes().Process(target=child_main, args=(
         str(job["dir"] / "job.json"), env, job["spec"]["course"], str(job["dir"] / "worker.log")))
     proc.start()
+    job["process"] = proc  # grade_here ends it at once when the run is interrupted
     try:
         proc.join(timeout=opts.submission_timeout)
         timed_out = proc.is_alive()
@@ -415,8 +418,14 @@ def grade_here(opts: Options, root: Path, template: Path, gradable: list, progre
             try:
                 for future in as_completed(futures):
                     progress.record(futures[future], future.result())
-            except BaseException:  # Ctrl-C or a bug: the jobs not started yet are not started
-                pool.shutdown(wait=True, cancel_futures=True)
+            except BaseException:  # Ctrl-C or a bug: the jobs not started yet are not started, the running end now
+                pool.shutdown(wait=False, cancel_futures=True)
+                while not all(future.done() for future in futures):
+                    for _, job in todo:
+                        if job.get("process") is not None and job["process"].is_alive():
+                            with contextlib.suppress(OSError):  # the child made itself a session leader
+                                os.killpg(job["process"].pid, signal.SIGKILL)
+                    time.sleep(0.2)
                 raise
     finally:  # run_job releases the jobs it ran; these are the others (all were prepared before the first ran)
         for _, job in todo:
@@ -465,8 +474,7 @@ def grade(opts: Options) -> int:
     opts.submissions, opts.out = Path(opts.submissions).resolve(), Path(opts.out).resolve()
     notebooks = expected_notebooks(opts.course, opts.assignment)
     check_paths(opts)
-    root = Path(tempfile.mkdtemp(prefix="ftlab-grade-"))
-    os.chmod(root, 0o700)
+    root = sandbox.private_folder("ftlab-grade-")
     server = None
     try:
         folder, refused = opts.submissions, []
@@ -532,6 +540,6 @@ def grade(opts: Options) -> int:
         if server is not None:
             server.stop()
         if opts.keep_temp:
-            log(f"kept temporary courses in {root}")
+            log(f"kept temporary courses in {sandbox.keep_folder(root)}")
         else:
             shutil.rmtree(root, ignore_errors=True)

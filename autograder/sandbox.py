@@ -38,6 +38,7 @@ import base64
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -52,8 +53,10 @@ DEFAULT_CPU_SECONDS = 3600
 DEFAULT_PROCESSES = 512
 DEFAULT_UID = 61000
 FILE_SIZE_LIMIT = 2**30
-SCRATCH_PREFIX = "ftlab-runtime-"  # scratch_folder's folders on /dev/shm: ftlab-runtime-<pid of the maker>-...
-GROUP_PREFIX = "ftlab-"  # submission_group's cgroups: ftlab-<pid of the maker>-<name>
+# Folders and cgroups a grading process makes carry ``maker_tag()`` after their prefix (see remove_leftovers)
+SCRATCH_PREFIX = "ftlab-runtime-"  # scratch_folder's folders on /dev/shm: ftlab-runtime-<maker>-...
+GROUP_PREFIX = "ftlab-"  # submission_group's cgroups: ftlab-<maker>-<name>
+GRADE_PREFIXES = ("ftlab-grade-", "ftlab-worker-")  # private_folder's in the temporary folder: a run's, a dask worker's
 SCRATCH_BYTES = 2**30  # each private tmpfs (working copy, /tmp, /var/tmp, /dev/shm) holds at most this
 MAX_WORKDIR_ENTRIES = 1000  # files and folders copied into the private working copy
 ENV_KEPT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "NBGRADER_EXECUTION", "PYTHONHASHSEED",
@@ -336,7 +339,7 @@ def submission_group(name: str, memory_bytes: int, processes: int) -> list[str]:
     for controller, (base, how) in cgroup_support().items():
         if base is None:
             continue
-        path = os.path.join(base, f"{GROUP_PREFIX}{os.getpid()}-{name}")  # the pid: see remove_leftovers
+        path = os.path.join(base, f"{GROUP_PREFIX}{maker_tag()}-{name}")
         v2 = "v2" in how
         try:
             os.makedirs(path, exist_ok=True)
@@ -438,7 +441,7 @@ def scratch_folder(link: Path) -> Path:
         link.mkdir()
         return link
     import tempfile
-    target = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=root)  # the pid: see remove_leftovers
+    target = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{maker_tag()}-", dir=root)
     os.chmod(target, 0o700)
     link.symlink_to(target)
     return link
@@ -472,33 +475,75 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def maker_tag() -> str:
+    """``<pid>.<pid namespace>`` of this process: who made a folder or cgroup, for ``remove_leftovers``."""
+    return f"{os.getpid()}.{_pid_namespace()}"
+
+
+_MAKER = re.compile(r"([0-9]{1,10})\.([0-9]{1,20})-")
+
+
 def remove_leftovers() -> list[str]:
-    """Remove the runtime folders (``scratch_folder``) and cgroups (``submission_group``) of grading processes
-    that died without cleaning up (SIGKILL, the OOM killer, a power cut); returns their paths. Their names
-    carry the pid of the process that made them: only those whose process is gone are touched (a reused pid
-    leaves them for a later sweep), and whatever still runs in such a cgroup (a submission's processes that
-    outlived their grader) is killed first. Pids are this host's: run it where the grading ran."""
-    found = []
-    root = scratch_root()
-    if root is not None:
-        found += [(os.path.join(root, name), name[len(SCRATCH_PREFIX):], "folder") for name in os.listdir(root)
-                  if name.startswith(SCRATCH_PREFIX)]
-    for base, _ in cgroup_support().values():
-        if base is not None:
-            found += [(os.path.join(base, name), name[len(GROUP_PREFIX):], "cgroup") for name in os.listdir(base)
-                      if name.startswith(GROUP_PREFIX) and os.path.isdir(os.path.join(base, name))]
-    removed = []
-    for path, rest, kind in found:
-        pid = rest.split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
+    """Remove the runtime folders (``scratch_folder``), cgroups (``submission_group``) and private folders
+    (``private_folder``) of grading processes that died without cleaning up (SIGKILL, the OOM killer, a power
+    cut); returns their paths. Their names carry ``maker_tag()``: only those made in this process's pid
+    namespace (another one's pids mean nothing here: a container sharing /dev/shm) by a process that is gone
+    are touched (a reused pid leaves them for a later sweep), and whatever still runs in such a cgroup (a
+    submission's processes that outlived their grader) is killed first. Any other name, a link, or an entry
+    that cannot be read is left alone: /dev/shm and /tmp are writable by every user of the host."""
+    import tempfile
+
+    def remove_folder(path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    places = [(scratch_root(), SCRATCH_PREFIX, remove_folder)]
+    places += [(tempfile.gettempdir(), prefix, remove_folder) for prefix in GRADE_PREFIXES]
+    places += [(base, GROUP_PREFIX, lambda path: remove_group([path])) for base, _ in cgroup_support().values()]
+    namespace, removed = _pid_namespace(), []
+    for place, prefix, remove in places:
+        try:
+            names = os.listdir(place) if place else []
+        except OSError:
             continue
-        if kind == "folder":
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            remove_group([path])
-        if not os.path.exists(path):
-            removed.append(path)
+        for name in names:
+            maker = _MAKER.match(name[len(prefix):]) if name.startswith(prefix) else None
+            if maker is None or int(maker.group(2)) != namespace:
+                continue
+            path = os.path.join(place, name)
+            try:
+                if not stat.S_ISDIR(os.lstat(path).st_mode) or _alive(int(maker.group(1))):
+                    continue
+                remove(path)
+            except (OSError, ValueError, OverflowError):
+                continue
+            if not os.path.lexists(path):
+                removed.append(path)
     return removed
+
+
+def private_folder(prefix: str) -> Path:
+    """A new folder (mode 0700) in the temporary folder for a run's or a worker's copies of the course and the
+    submissions; a killed maker's is removed by ``remove_leftovers``."""
+    import tempfile
+
+    assert prefix in GRADE_PREFIXES, prefix
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{maker_tag()}-"))
+    os.chmod(folder, 0o700)
+    return folder
+
+
+def keep_folder(folder: Path) -> Path:
+    """``folder`` (a ``private_folder``) renamed ``ftlab-kept-...``, a name no sweep touches (--keep-temp)."""
+    kept = Path(folder).with_name("ftlab-kept-" + Path(folder).name.split("-", 2)[2])
+    Path(folder).rename(kept)
+    return kept
 
 
 def remove_scratch(link: Path) -> None:
@@ -510,7 +555,7 @@ def remove_scratch(link: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- building the command
-JOB_VARIABLES = ("FTLAB_FORK_SERVER",)  # the grader's own variables: never passed on
+JOB_VARIABLES = ("FTLAB_FORK_SERVER", "FTLAB_WARM_COURSE", "FTLAB_WARM_PARENT")  # the grader's own: never passed on
 
 
 def safe_environment(base: dict) -> dict:

@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 WARM_VARIABLE = "FTLAB_WARM_COURSE"
+PARENT_VARIABLE = "FTLAB_WARM_PARENT"  # the run's pid: a fork server whose run is gone stops waiting
 WARM_STUDENT = "warm-up"
 
 
@@ -38,9 +39,10 @@ def warm_up(template: Path) -> None:
             api.generate_feedback(release.name, WARM_STUDENT, force=True)
 
 
-def wait_for(template: Path, limit: float = 900.0) -> bool:
-    """Wait until the template exists; False if its run ended first (its folder or the pipeline is gone)."""
-    parent, deadline = os.getppid(), time.monotonic() + limit
+def wait_for(template: Path, parent: int, limit: float = 900.0) -> bool:
+    """Wait until the template exists; False if its run ended first (its folder or the pipeline, pid
+    ``parent``, is gone: a run killed while this process still imported was already gone when it got here)."""
+    deadline = time.monotonic() + limit
     while not template.is_dir():
         if not template.parent.is_dir() or os.getppid() != parent or time.monotonic() > deadline:
             return False
@@ -49,8 +51,8 @@ def wait_for(template: Path, limit: float = 900.0) -> bool:
 
 
 def main() -> None:
-    path = os.environ.pop(WARM_VARIABLE, None)
-    if path and wait_for(Path(path)):
+    path, parent = os.environ.pop(WARM_VARIABLE, None), os.environ.pop(PARENT_VARIABLE, "")
+    if path and parent.isdigit() and wait_for(Path(path), int(parent)):
         try:
             warm_up(Path(path))
         except Exception:  # noqa: BLE001 - the fork server must start whatever happens here

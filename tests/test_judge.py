@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, make_course, nbgrader
+from conftest import REPO, descendants, make_course, nbgrader, wait_for
 from grading import SANDBOX_PROBE as PROBE
 
 from autograder import sandbox, server as fork_server
@@ -356,34 +356,6 @@ def test_the_server_survives_bad_requests_and_a_dead_server_is_not_fatal(server,
     assert all(v["passed"] for v in verdicts_for(source, "toy_python", tmp_path, server=server).values())
     missing = str(tmp_path / "no-server.sock")  # e.g. the server died: judge and runners start as fresh interpreters
     assert all(v["passed"] for v in verdicts_for(source, "toy_python", tmp_path, server=missing).values())
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc, as the host sees them)."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        parents[int(entry.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        children = [p for p, parent in parents.items() if parent in frontier]
-        found += children
-        frontier = children
-    return found
-
-
-def wait_for(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
 
 
 @pytest.mark.skipif(not fork_server.supported(), reason="the fork server needs Linux")

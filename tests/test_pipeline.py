@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, fixture_course, run_python
+from conftest import REPO, descendants, fixture_course, run_python, wait_for
 from autograder.reports import FORMULA_START, NUMBER, neutralise, write_reports
 from autograder.submissions import feedback_name, printable
 
@@ -435,7 +436,7 @@ def test_an_interrupted_run_leaves_no_runtime_folder_or_cgroup(course, tmp_path,
     from autograder import pipeline, sandbox
 
     def mine() -> set[str]:
-        tag = f"{os.getpid()}-"
+        tag = f"{sandbox.maker_tag()}-"
         places = [(sandbox.scratch_root(), sandbox.SCRATCH_PREFIX)] + [
             (base, sandbox.GROUP_PREFIX) for base, _ in sandbox.cgroup_support().values()]
         return {os.path.join(place, name) for place, prefix in places if place
@@ -460,6 +461,77 @@ def test_an_interrupted_run_leaves_no_runtime_folder_or_cgroup(course, tmp_path,
                                         course=course))
     assert ran[0] == "alice" and "carol" not in ran, ran
     assert mine() == before, mine() - before
+
+
+def running(pid: int) -> bool:
+    try:
+        return "(zombie)" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def grading_children(run: int) -> list[int]:
+    """The grading processes of a run: children of its multiprocessing fork server."""
+    servers = [p for p in descendants(run) if "multiprocessing.forkserver" in cmdline(p)]
+    return [p for p in descendants(run) if any(p in descendants(s) for s in servers)]
+
+
+SLEEPS = 'import time\ntime.sleep(600)\nanswer_q2 = "B"'
+
+
+@pytest.mark.parametrize("when,how", [("while the template builds", "kill -9"), ("while a submission runs", "kill -9"),
+                                      ("while a submission runs", "Ctrl-C")])
+def test_a_killed_run_takes_its_grading_processes_and_kernels_with_it(course, tmp_path, when, how):
+    """kill -9 of a run (or the OOM killer): every process it started ends with it, not when the notebook or
+    a wait ends. Red team and this test, session 7: (1) every child of multiprocessing's fork server holds the
+    pipe whose closing tells the fork server its run is gone, so a grading process (tied to the fork server)
+    and its kernel outlived the run; (2) a fork server still importing when its run died took pid 1 for its
+    run and waited 900 s for a template that never came. Ctrl-C: the run ends the running submissions at
+    once (it waited for each to end on its own, up to its time limit) and leaves no runtime folder."""
+    from autograder import sandbox
+
+    folder = tmp_path / "submissions" / "sleeper"
+    folder.mkdir(parents=True)
+    nb = make_fixtures.notebook(make_fixtures.answered({**make_fixtures.REFERENCE, "q2": SLEEPS}))
+    (folder / "mini.ipynb").write_text(json.dumps(nb))
+    run = subprocess.Popen([sys.executable, "-m", "autograder", "grade", "mini", str(tmp_path / "submissions"),
+                            "--out", str(tmp_path / "out"), "--jobs", "1", "--course", str(course),
+                            "--cell-timeout", "900"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tree: list[int] = []
+    try:
+        if when == "while the template builds":
+            started = wait_for(lambda: any("generate_assignment" in cmdline(p) for p in descendants(run.pid)), 120)
+            time.sleep(0.5)  # the grading processes' fork server is still importing nbgrader
+        else:
+            started = wait_for(lambda: grading_children(run.pid), 240)
+            time.sleep(8)  # the kernel starts and runs into the sleeping cell
+        assert started and run.poll() is None, f"the run got no further than it should ({when})"
+        tree = descendants(run.pid)
+        tag = f"{sandbox.SCRATCH_PREFIX}{run.pid}."
+        assert any(name.startswith(tag) for name in os.listdir(sandbox.scratch_root() or tmp_path)) or \
+            when != "while a submission runs" or not sandbox.scratch_root()
+        if how == "Ctrl-C":
+            run.send_signal(signal.SIGINT)
+            run.wait(timeout=60)  # not the cell's 900 s
+            assert not any(name.startswith(tag) for name in os.listdir(sandbox.scratch_root() or tmp_path))
+        else:
+            run.kill()
+            run.wait()
+        wait_for(lambda: not any(running(p) for p in tree), 30)
+        assert not [cmdline(p)[:150] for p in tree if running(p)]
+    finally:
+        run.kill()
+        for p in tree:
+            if running(p):
+                os.kill(p, signal.SIGKILL)
+        sandbox.remove_leftovers()
 
 
 def test_the_cell_limit_is_the_courses_execute_timeout(tmp_path):

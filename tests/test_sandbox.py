@@ -371,9 +371,10 @@ from autograder import sandbox
 link = Path(sys.argv[1]) / "runtime"
 folder = os.path.realpath(sandbox.scratch_folder(link))
 group = sandbox.submission_group("leftover-test", 2**30, 30)
+run_folder = sandbox.private_folder("ftlab-grade-")
 sleeper = subprocess.Popen(["sleep", "600"], preexec_fn=lambda: sandbox.join_group(group), start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-print(folder, sleeper.pid, *group, flush=True)
+print(folder, run_folder, sleeper.pid, *group, flush=True)
 os._exit(0)  # as if killed: no cleanup
 """
 
@@ -382,21 +383,38 @@ os._exit(0)  # as if killed: no cleanup
 def test_leftovers_of_a_killed_grader_are_removed_and_only_theirs(tmp_path):
     """A grading process that dies without cleaning up (SIGKILL, OOM killer) leaves its kernel's runtime folder on
     /dev/shm and its submission's cgroups, maybe with a process of the submission still in them. The next run's
-    sweep removes them and kills that process; a live process's folder and cgroups are left alone."""
+    sweep removes them and its run folder (copies of the course, hidden tests included) and kills that
+    process; a live process's are left alone, and so is whatever else anyone may name alike in /dev/shm or /tmp
+    (world-writable): odd pids, links, another pid namespace's (red team, session 7: 'ftlab-runtime-²-x' made
+    every run fail at start)."""
     done = subprocess.run([sys.executable, "-c", LEAVES_LEFTOVERS, str(tmp_path)], capture_output=True, text=True,
                           cwd=REPO, timeout=60)
-    folder, sleeper, *group = done.stdout.split()
+    folder, run_folder, sleeper, *group = done.stdout.split()
     assert os.path.isdir(folder) and group and all(os.path.isdir(g) for g in group), done.stderr[-2000:]
+    assert os.path.isdir(run_folder) and sandbox.maker_tag().split(".")[1] in run_folder
     assert Path(group[0], "cgroup.procs").read_text().split() == [sleeper]
     mine = sandbox.scratch_folder(tmp_path / "mine")
     my_group = sandbox.submission_group("leftover-test-live", 2**30, 30)
+    dead = folder.rsplit("/", 1)[1].split("-")[2]  # the killed maker's <pid>.<namespace>
+    pid, namespace = dead.split(".")
+    root = os.path.dirname(folder)
+    alike = [os.path.join(root, sandbox.SCRATCH_PREFIX + name) for name in (
+        "\u00b2-x", "\u00b2.1-x", "99999999999999999999.1-x", f"99999999999.{namespace}-x", f"{pid}.{int(namespace) + 1}-x")]
+    for path in alike:
+        os.mkdir(path)
+    link = os.path.join(root, f"{sandbox.SCRATCH_PREFIX}{dead}-link")
+    os.symlink(tmp_path, link)
     try:
         removed = sandbox.remove_leftovers()
-        assert folder in removed and all(g in removed for g in group), removed
-        assert not os.path.exists(folder) and not any(os.path.exists(g) for g in group)
+        assert folder in removed and run_folder in removed and all(g in removed for g in group), removed
+        assert not os.path.exists(folder) and not os.path.exists(run_folder) and not any(os.path.exists(g) for g in group)
         state = Path(f"/proc/{sleeper}/status").read_text() if os.path.exists(f"/proc/{sleeper}") else "State: gone"
         assert "(zombie)" in state or "gone" in state, state
         assert os.path.isdir(os.path.realpath(mine)) and all(os.path.isdir(g) for g in my_group)
+        assert all(os.path.isdir(path) for path in alike) and os.path.islink(link) and tmp_path.is_dir()
     finally:
         sandbox.remove_group(my_group)
         sandbox.remove_scratch(mine)
+        for path in alike:
+            os.rmdir(path)
+        os.unlink(link)
