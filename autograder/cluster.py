@@ -35,15 +35,14 @@ import itertools
 import json
 import multiprocessing
 import os
-import shutil
 import threading
 from pathlib import Path
 
 from distributed import WorkerPlugin
 
 from autograder import sandbox
-from autograder.pipeline import (Options, Progress, Row, course_cell_timeout, grading_settings, log, prepare_job,
-                                 run_job, start_fork_server, warm_grading_processes)
+from autograder.pipeline import (Options, Progress, Row, check_socket_room, course_cell_timeout, grading_settings, log,
+                                 prepare_job, run_job, start_fork_server, warm_grading_processes)
 from autograder.submissions import InstructorError, Submission
 
 STARTED_TOPIC = "ftlab-grading-started"  # worker events: which worker started which submission
@@ -98,6 +97,8 @@ class GradingPlugin(WorkerPlugin):
             raise RuntimeError(DAEMON_HELP)
         os.environ.update(self.settings["environment"])  # the client's FTLAB_WEIGHTS: the same checks' weights
         self.root = sandbox.private_folder("ftlab-worker-")
+        if self.settings["protected"]:
+            check_socket_room(self.root)
         self.template = write_files(self.files, self.root / "template")
         for name in ("received", "out"):
             (self.root / name).mkdir()
@@ -120,7 +121,7 @@ class GradingPlugin(WorkerPlugin):
         if self.opts.keep_temp:
             sandbox.keep_folder(self.root)
         else:
-            shutil.rmtree(self.root, ignore_errors=True)
+            sandbox.remove_tree(self.root)
 
     def grade(self, worker, student_id: str, notebooks: dict[str, bytes]) -> tuple[str, bytes | None]:
         """One submission, graded here exactly as a local run grades it: (row JSON, feedback page bytes)."""
@@ -142,8 +143,8 @@ class GradingPlugin(WorkerPlugin):
             page = row.feedback.read_bytes() if row.feedback else None
         finally:
             if not self.opts.keep_temp:
-                shutil.rmtree(job["dir"], ignore_errors=True)
-                shutil.rmtree(folder, ignore_errors=True)
+                sandbox.remove_tree(job["dir"])
+                sandbox.remove_tree(folder)
         answer = {"student_id": row.student_id, "status": row.status, "reason": row.reason, "checks": row.checks,
                   "seconds": row.seconds, "timings": row.timings, "worker": worker.address,
                   "processes": self.processes}

@@ -187,6 +187,18 @@ def max_code_score(release: Path) -> float:
 
 
 # ----------------------------------------------------------------------------- one job per submission
+SOCKET_PATH_BYTES = 107  # the longest path of a Unix socket (sun_path) on Linux
+
+
+def check_socket_room(root: Path) -> None:
+    """The kernels' sockets are made under ``root`` (``c.KernelManager.ip`` below): refuse a run whose
+    temporary folder is so deep that they could not be, instead of failing every kernel (ZMQError)."""
+    longest = root / "jobs" / "00000" / "runtime" / "kernel-65535"
+    if len(str(longest).encode()) > SOCKET_PATH_BYTES:
+        raise InstructorError(f"the kernels' socket paths ({longest}) would be longer than the {SOCKET_PATH_BYTES}"
+                              " bytes a Unix socket allows: set TMPDIR to a shorter folder")
+
+
 def sandbox_settings(opts: Options, job: Path, workdir: Path, uid: int, hide: list[Path], groups: list[str]) -> str:
     """Config lines that make nbgrader start the student's kernel through autograder.sandbox."""
     runtime = sandbox.scratch_folder(job / "runtime")  # on tmpfs (/dev/shm); read-only for the kernel once it runs
@@ -477,6 +489,8 @@ def grade(opts: Options) -> int:
     root = sandbox.private_folder("ftlab-grade-")
     server = None
     try:
+        if opts.protected:
+            check_socket_room(root)
         folder, refused = opts.submissions, []
         if folder.is_file():
             unpacked = unpack(folder, root / "unzipped")
@@ -542,4 +556,4 @@ def grade(opts: Options) -> int:
         if opts.keep_temp:
             log(f"kept temporary courses in {sandbox.keep_folder(root)}")
         else:
-            shutil.rmtree(root, ignore_errors=True)
+            sandbox.remove_tree(root)

@@ -488,44 +488,72 @@ def maker_tag() -> str:
 
 
 _MAKER = re.compile(r"([0-9]{1,10})\.([0-9]{1,20})-")
+MAKER_FILE = "maker"  # in a private_folder: its maker_tag (not in the name, which socket paths are made from)
+
+
+def _maker_in_name(path: str, rest: str):
+    return _MAKER.match(rest)
+
+
+def _maker_in_file(path: str, rest: str):
+    """The tag in a private folder of ours (another user's folder of that name is not looked into)."""
+    if os.lstat(path).st_uid != os.geteuid():
+        return None
+    fd = os.open(os.path.join(path, MAKER_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        return _MAKER.fullmatch(os.read(fd, 64).decode("ascii", "replace"))
+    finally:
+        os.close(fd)
 
 
 def remove_leftovers() -> list[str]:
     """Remove the runtime folders (``scratch_folder``), cgroups (``submission_group``) and private folders
     (``private_folder``) of grading processes that died without cleaning up (SIGKILL, the OOM killer, a power
-    cut); returns their paths. Their names carry ``maker_tag()``: only those made in this process's pid
+    cut); returns their paths. Their names (a private folder: its MAKER_FILE) carry ``maker_tag()``: only
+    those made in this process's pid
     namespace (another one's pids mean nothing here: a container sharing /dev/shm) by a process that is gone
     are touched (a reused pid leaves them for a later sweep), and whatever still runs in such a cgroup (a
     submission's processes that outlived their grader) is killed first. Any other name, a link, or an entry
     that cannot be read is left alone: /dev/shm and /tmp are writable by every user of the host."""
     import tempfile
 
-    def remove_folder(path: str) -> None:
-        shutil.rmtree(path, ignore_errors=True)
-
-    places = [(scratch_root(), SCRATCH_PREFIX, remove_folder)]
-    places += [(tempfile.gettempdir(), prefix, remove_folder) for prefix in GRADE_PREFIXES]
-    places += [(base, GROUP_PREFIX, lambda path: remove_group([path])) for base, _ in cgroup_support().values()]
+    places = [(scratch_root(), SCRATCH_PREFIX, _maker_in_name, remove_tree)]
+    places += [(tempfile.gettempdir(), prefix, _maker_in_file, remove_tree) for prefix in GRADE_PREFIXES]
+    places += [(base, GROUP_PREFIX, _maker_in_name, lambda path: remove_group([path]))
+               for base, _ in cgroup_support().values()]
     namespace, removed = _pid_namespace(), []
-    for place, prefix, remove in places:
+    for place, prefix, read_maker, remove in places:
         try:
             names = os.listdir(place) if place else []
         except OSError:
             continue
         for name in names:
-            maker = _MAKER.match(name[len(prefix):]) if name.startswith(prefix) else None
-            if maker is None or int(maker.group(2)) != namespace:
+            if not name.startswith(prefix):
                 continue
             path = os.path.join(place, name)
             try:
-                if not stat.S_ISDIR(os.lstat(path).st_mode) or _alive(int(maker.group(1))):
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    continue
+                maker = read_maker(path, name[len(prefix):])
+                if maker is None or int(maker.group(2)) != namespace or _alive(int(maker.group(1))):
                     continue
                 remove(path)
-            except (OSError, ValueError, OverflowError):
+            except Exception:  # noqa: BLE001 - whatever one entry holds, the run goes on
                 continue
             if not os.path.lexists(path):
                 removed.append(path)
     return removed
+
+
+def remove_tree(path) -> None:
+    """Remove a folder however deep (``shutil.rmtree`` recurses once per level: a tree 1,000 levels deep, which
+    a student's kernel or any user of the host can make in /dev/shm or /tmp, raises RecursionError), never
+    following links nor crossing into another file system; never raises."""
+    try:
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600, check=False)
+    except (OSError, subprocess.SubprocessError):
+        pass
 
 
 def private_folder(prefix: str) -> Path:
@@ -534,14 +562,18 @@ def private_folder(prefix: str) -> Path:
     import tempfile
 
     assert prefix in GRADE_PREFIXES, prefix
-    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{maker_tag()}-"))
+    folder = Path(tempfile.mkdtemp(prefix=prefix))  # short: the kernels' socket paths start with it
     os.chmod(folder, 0o700)
+    (folder / MAKER_FILE).write_text(maker_tag() + "-")
     return folder
 
 
 def keep_folder(folder: Path) -> Path:
-    """``folder`` (a ``private_folder``) renamed ``ftlab-kept-...``, a name no sweep touches (--keep-temp)."""
-    kept = Path(folder).with_name("ftlab-kept-" + Path(folder).name.split("-", 2)[2])
+    """``folder`` (a ``private_folder``) moved into a new ``ftlab-kept-*`` folder, a name no sweep touches
+    (--keep-temp); made by mkdtemp, so no other user of the host can take that name first."""
+    import tempfile
+
+    kept = Path(tempfile.mkdtemp(prefix="ftlab-kept-", dir=Path(folder).parent)) / Path(folder).name
     Path(folder).rename(kept)
     return kept
 
@@ -550,7 +582,7 @@ def remove_scratch(link: Path) -> None:
     """Remove a ``scratch_folder`` (what ``link`` points to, then the link)."""
     link = Path(link)
     if link.is_symlink():
-        shutil.rmtree(os.readlink(link), ignore_errors=True)
+        remove_tree(os.readlink(link))
         link.unlink()
 
 

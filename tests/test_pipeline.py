@@ -534,6 +534,20 @@ def test_a_killed_run_takes_its_grading_processes_and_kernels_with_it(course, tm
         sandbox.remove_leftovers()
 
 
+def test_a_temporary_folder_too_deep_for_the_kernels_sockets_is_refused(course, tmp_path):
+    """The kernels' Unix sockets are made under the run's folder in TMPDIR; sun_path holds 107 bytes. A deeper
+    TMPDIR failed every kernel with a ZMQError (seen when the folders' names grew by 11 characters, session 7):
+    now the run stops at once and says what to do."""
+    deep = tmp_path / ("t" * 40) / ("m" * 40)
+    deep.mkdir(parents=True)
+    (tmp_path / "subs" / "alice").mkdir(parents=True)
+    shutil.copy(FIXTURES / "submissions" / "reference" / "mini.ipynb", tmp_path / "subs" / "alice")
+    done = run_cli("grade", "mini", str(tmp_path / "subs"), "--out", str(tmp_path / "out"), "--course", str(course),
+                   cwd=tmp_path, env={"TMPDIR": str(deep)})
+    assert done.returncode != 0 and "set TMPDIR to a shorter folder" in done.stderr, done.stderr[-2000:]
+    assert not list(deep.iterdir())  # its own folder removed
+
+
 def test_the_cell_limit_is_the_courses_execute_timeout(tmp_path):
     """Without --cell-timeout, every cell and every call of a student function gets the course's
     c.Execute.timeout (nbgrader_config.py), not a number of the grader's own."""

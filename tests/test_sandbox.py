@@ -380,6 +380,20 @@ os._exit(0)  # as if killed: no cleanup
 
 
 @needs_groups
+def test_kept_folders_are_out_of_every_sweeps_reach(tmp_path):
+    """--keep-temp: the run's folder moves into a new ftlab-kept-* folder (mkdtemp: no one can take the name
+    first, red team session 7), which a sweep leaves even once its maker is gone."""
+    done = subprocess.run([sys.executable, "-c", "from autograder import sandbox; print(sandbox.keep_folder("
+                           "sandbox.private_folder('ftlab-grade-')))"], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
+    kept = Path(done.stdout.strip())
+    try:
+        assert kept.parent.name.startswith("ftlab-kept-") and kept.name.startswith("ftlab-grade-"), done.stderr
+        assert kept.is_dir() and str(kept) not in sandbox.remove_leftovers() and kept.is_dir()
+    finally:
+        sandbox.remove_tree(kept.parent)
+
+
 def test_leftovers_of_a_killed_grader_are_removed_and_only_theirs(tmp_path):
     """A grading process that dies without cleaning up (SIGKILL, OOM killer) leaves its kernel's runtime folder on
     /dev/shm and its submission's cgroups, maybe with a process of the submission still in them. The next run's
@@ -391,7 +405,7 @@ def test_leftovers_of_a_killed_grader_are_removed_and_only_theirs(tmp_path):
                           cwd=REPO, timeout=60)
     folder, run_folder, sleeper, *group = done.stdout.split()
     assert os.path.isdir(folder) and group and all(os.path.isdir(g) for g in group), done.stderr[-2000:]
-    assert os.path.isdir(run_folder) and sandbox.maker_tag().split(".")[1] in run_folder
+    assert os.path.isdir(run_folder) and sandbox.maker_tag().split(".")[1] in Path(run_folder, sandbox.MAKER_FILE).read_text()
     assert Path(group[0], "cgroup.procs").read_text().split() == [sleeper]
     mine = sandbox.scratch_folder(tmp_path / "mine")
     my_group = sandbox.submission_group("leftover-test-live", 2**30, 30)
@@ -404,9 +418,18 @@ def test_leftovers_of_a_killed_grader_are_removed_and_only_theirs(tmp_path):
         os.mkdir(path)
     link = os.path.join(root, f"{sandbox.SCRATCH_PREFIX}{dead}-link")
     os.symlink(tmp_path, link)
+    deep = os.path.join(root, f"{sandbox.SCRATCH_PREFIX}{dead}-deep")  # shutil.rmtree: RecursionError (red team)
+    os.mkdir(deep)
+    fd = os.open(deep, os.O_RDONLY)
+    for _ in range(1500):
+        os.mkdir("d", dir_fd=fd)
+        fd, parent = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+        os.close(parent)
+    os.close(fd)
     try:
         removed = sandbox.remove_leftovers()
         assert folder in removed and run_folder in removed and all(g in removed for g in group), removed
+        assert deep in removed and not os.path.lexists(deep)
         assert not os.path.exists(folder) and not os.path.exists(run_folder) and not any(os.path.exists(g) for g in group)
         state = Path(f"/proc/{sleeper}/status").read_text() if os.path.exists(f"/proc/{sleeper}") else "State: gone"
         assert "(zombie)" in state or "gone" in state, state
