@@ -503,7 +503,10 @@ def test_a_killed_run_takes_its_grading_processes_and_kernels_with_it(course, tm
     (folder / "mini.ipynb").write_text(json.dumps(nb))
     run = subprocess.Popen([sys.executable, "-m", "autograder", "grade", "mini", str(tmp_path / "submissions"),
                             "--out", str(tmp_path / "out"), "--jobs", "1", "--course", str(course),
-                            "--cell-timeout", "900"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            "--cell-timeout", "900"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           # a background job of a non-interactive shell (CI started with &) ignores SIGINT, and
+                           # Python then installs no KeyboardInterrupt handler: give the run a terminal's default
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     tree: list[int] = []
     try:
         if when == "while the template builds":
