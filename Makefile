@@ -23,16 +23,16 @@ help:
 
 env: $(VENV)/.installed
 
+PIP_INSTALL = TMPDIR=$(CURDIR)/$(VENV)/pip-tmp $(BIN)/python -m pip install -q --disable-pip-version-check --no-cache-dir
+
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# PyTorch first, then the rest: pip holds every download until its call ends, and PyPI's torch brings about
 	# 2.6 GB of CUDA wheels; two calls peak at 8.6 GB of disk instead of 10.9 (benchmarks/install_disk.py).
 	# The downloads wait beside the environment, not in /tmp (often a small tmpfs), and are not cached.
 	mkdir -p $(VENV)/pip-tmp
-	TMPDIR=$(CURDIR)/$(VENV)/pip-tmp $(BIN)/python -m pip install -q --disable-pip-version-check --no-cache-dir \
-		$$(grep -E '^torch' requirements.txt)
-	TMPDIR=$(CURDIR)/$(VENV)/pip-tmp $(BIN)/python -m pip install -q --disable-pip-version-check --no-cache-dir \
-		-r requirements.txt
+	$(PIP_INSTALL) $$(grep -E '^torch' requirements.txt)
+	$(PIP_INSTALL) -r requirements.txt
 	rm -rf $(VENV)/pip-tmp
 	# make the repo's packages (course, autograder) importable from every kernel, wherever it runs
 	$(BIN)/python -c "import site; open(site.getsitepackages()[0] + '/fine_tuning_lab.pth', 'w').write('$(CURDIR)\\n')"

@@ -15,7 +15,6 @@ share of the cores for framework threads (``thread_settings``).
 from __future__ import annotations
 
 import base64
-import contextlib
 import functools
 import importlib.util
 import json
@@ -30,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import closing
+from contextlib import closing, suppress
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,6 +341,12 @@ def release_job(job: dict) -> None:
     sandbox.remove_scratch(job["dir"] / "runtime")
 
 
+def end_grading_process(proc) -> None:
+    """Kill a grading process and all it started: it made itself a session leader, so its group goes."""
+    with suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def run_job(opts: Options, job: dict, sub: Submission) -> Row:
     env = {**nbgrader_env(), **thread_settings(opts.jobs), **grading_settings(), "JUPYTER_PATH": str(job["dir"] / "jupyter"),
            "JUPYTER_RUNTIME_DIR": str(job["dir"] / "runtime"), "PYTHONDONTWRITEBYTECODE": "1"}
@@ -358,7 +363,7 @@ def run_job(opts: Options, job: dict, sub: Submission) -> Row:
         proc.join(timeout=opts.submission_timeout)
         timed_out = proc.is_alive()
         if timed_out:
-            os.killpg(proc.pid, signal.SIGKILL)  # the child made itself a session leader: its group goes
+            end_grading_process(proc)
             proc.join()
     finally:
         if opts.protected and sandbox.protections()["separate_user"]["active"]:
@@ -435,8 +440,7 @@ def grade_here(opts: Options, root: Path, template: Path, gradable: list, progre
                 while not all(future.done() for future in futures):
                     for _, job in todo:
                         if job.get("process") is not None and job["process"].is_alive():
-                            with contextlib.suppress(OSError):  # the child made itself a session leader
-                                os.killpg(job["process"].pid, signal.SIGKILL)
+                            end_grading_process(job["process"])
                     time.sleep(0.2)
                 raise
     finally:  # run_job releases the jobs it ran; these are the others (all were prepared before the first ran)

@@ -510,9 +510,8 @@ def remove_leftovers() -> list[str]:
     """Remove the runtime folders (``scratch_folder``), cgroups (``submission_group``) and private folders
     (``private_folder``) of grading processes that died without cleaning up (SIGKILL, the OOM killer, a power
     cut); returns their paths. Their names (a private folder: its MAKER_FILE) carry ``maker_tag()``: only
-    those made in this process's pid
-    namespace (another one's pids mean nothing here: a container sharing /dev/shm) by a process that is gone
-    are touched (a reused pid leaves them for a later sweep), and whatever still runs in such a cgroup (a
+    those made in this process's pid namespace (another one's pids mean nothing here: a container sharing
+    /dev/shm) by a process that is gone are touched (a reused pid leaves them for a later sweep), and whatever still runs in such a cgroup (a
     submission's processes that outlived their grader) is killed first. Any other name, a link, or an entry
     that cannot be read is left alone: /dev/shm and /tmp are writable by every user of the host."""
     import tempfile
@@ -564,7 +563,7 @@ def private_folder(prefix: str) -> Path:
     assert prefix in GRADE_PREFIXES, prefix
     folder = Path(tempfile.mkdtemp(prefix=prefix))  # short: the kernels' socket paths start with it
     os.chmod(folder, 0o700)
-    (folder / MAKER_FILE).write_text(maker_tag() + "-")
+    (folder / MAKER_FILE).write_text(maker_tag() + "-")  # as in a name: _MAKER reads both
     return folder
 
 
